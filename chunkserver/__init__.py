@@ -1,0 +1,1 @@
+"""Chunkserver: stores replicated chunks with block checksums and serves them over HTTP."""

@@ -1,0 +1,22 @@
+"""Settings of one chunkserver process (filled from the command line by `dfs chunkserver`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dfs.protocol import CHUNKSERVER_PORT, DEFAULT_MASTER_URL
+
+
+@dataclass(slots=True)
+class ChunkserverConfig:
+    data_dirs: list[Path] = field(default_factory=list)
+    master_url: str = DEFAULT_MASTER_URL
+    host: str = "127.0.0.1"
+    port: int = CHUNKSERVER_PORT
+    capacity: int | None = None  # bytes offered; default: the size of the disks
+    public_url: str | None = None  # URL given to the master; default http://host:port
+
+    @property
+    def url(self) -> str:
+        return self.public_url or f"http://{self.host}:{self.port}"

@@ -1,0 +1,1 @@
+"""The `dfs` command line: services, file commands and (later) `dfs admin`."""

@@ -1,0 +1,23 @@
+"""Entry point of the `dfs` command."""
+
+from __future__ import annotations
+
+import click
+
+from dfs import __version__
+from dfs.cli.servers import chunkserver_command, gateway_command, master_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="dfs")
+def cli() -> None:
+    """A distributed file system: master, chunkservers, HTTP gateway, FUSE mount and file commands."""
+
+
+cli.add_command(master_command)
+cli.add_command(chunkserver_command)
+cli.add_command(gateway_command)
+
+
+def main() -> None:
+    cli(prog_name="dfs")

@@ -1,0 +1,85 @@
+"""`dfs master`, `dfs chunkserver`, `dfs gateway`: run one service in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from dfs.cli.options import LISTEN, SIZE, master_option
+from dfs.protocol import CHUNKSERVER_PORT, DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, GATEWAY_PORT, MASTER_PORT, MAX_GOAL
+from dfs.web import setup_logging
+
+log_level_option = click.option(
+    "--log-level", envvar="DFS_LOG_LEVEL", default="INFO", show_default=True, show_envvar=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+
+
+@click.command("master")
+@click.option("--data", "data_dir", envvar="DFS_DATA", required=True, show_envvar=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder for the metadata database and secrets.")
+@click.option("--listen", envvar="DFS_LISTEN", default=f"127.0.0.1:{MASTER_PORT}", show_default=True,
+              show_envvar=True, type=LISTEN, help="Address to serve on.")
+@click.option("--db", "db_url", envvar="DFS_DB", default=None, show_envvar=True,
+              help="SQLAlchemy async URL [default: sqlite+aiosqlite:///DATA/meta.db].")
+@click.option("--chunk-size", envvar="DFS_CHUNK_SIZE", default=str(DEFAULT_CHUNK_SIZE), type=SIZE,
+              show_envvar=True, help="Chunk size of new files, e.g. 64MiB.  [default: 64MiB]")
+@click.option("--goal", envvar="DFS_GOAL", default=DEFAULT_GOAL, show_default=True, show_envvar=True,
+              type=click.IntRange(1, MAX_GOAL), help="Default number of replicas of each chunk.")
+@click.option("--dead-timeout", envvar="DFS_DEAD_TIMEOUT", default=30.0, show_default=True, show_envvar=True,
+              type=click.FloatRange(1, 86400), help="Seconds without heartbeat before a chunkserver is dead.")
+@click.option("--gc-grace", envvar="DFS_GC_GRACE", default=0.0, show_default=True, show_envvar=True,
+              type=click.FloatRange(0, 30 * 86400), help="Seconds deleted chunks wait before removal.")
+@log_level_option
+def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
+                   dead_timeout: float, gc_grace: float, log_level: str) -> None:
+    """Run the metadata master."""
+    from master.config import MasterConfig
+    from master.service import run_master
+
+    if chunk_size < 64 * 1024 or chunk_size % (64 * 1024):
+        raise click.BadParameter("must be a multiple of 64KiB", param_hint="--chunk-size")
+    setup_logging("master", log_level)
+    config = MasterConfig(data_dir=data_dir, host=listen[0], port=listen[1], db_url=db_url,
+                          chunk_size=chunk_size, goal=goal, dead_timeout=dead_timeout, gc_grace=gc_grace)
+    asyncio.run(run_master(config))
+
+
+@click.command("chunkserver")
+@master_option
+@click.option("--data", "data_dirs", envvar="DFS_DATA", required=True, multiple=True, show_envvar=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Folder for chunks; repeat for several disks.")
+@click.option("--listen", envvar="DFS_LISTEN", default=f"127.0.0.1:{CHUNKSERVER_PORT}", show_default=True,
+              show_envvar=True, type=LISTEN, help="Address to serve on.")
+@click.option("--capacity", envvar="DFS_CAPACITY", default=None, type=SIZE, show_envvar=True,
+              help="Bytes to offer (e.g. 1GiB)  [default: the size of the disks]")
+@click.option("--public-url", envvar="DFS_PUBLIC_URL", default=None, show_envvar=True,
+              help="URL other nodes use to reach this one [default: http://LISTEN].")
+@log_level_option
+def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tuple[str, int],
+                        capacity: int | None, public_url: str | None, log_level: str) -> None:
+    """Run a chunkserver that stores chunks in the --data folders."""
+    from chunkserver.config import ChunkserverConfig
+    from chunkserver.service import run_chunkserver
+
+    setup_logging("chunkserver", log_level)
+    config = ChunkserverConfig(data_dirs=list(data_dirs), master_url=master_url.rstrip("/"), host=listen[0],
+                               port=listen[1], capacity=capacity, public_url=public_url)
+    asyncio.run(run_chunkserver(config))
+
+
+@click.command("gateway")
+@master_option
+@click.option("--listen", envvar="DFS_LISTEN", default=f"127.0.0.1:{GATEWAY_PORT}", show_default=True,
+              show_envvar=True, type=LISTEN, help="Address to serve on.")
+@click.option("--max-upload", envvar="DFS_MAX_UPLOAD", default="1TiB", type=SIZE, show_envvar=True,
+              help="Largest body accepted by PUT and POST  [default: 1TiB]")
+@log_level_option
+def gateway_command(master_url: str, listen: tuple[str, int], max_upload: int, log_level: str) -> None:
+    """Run the HTTP gateway: the file system over plain HTTP (curl is enough)."""
+    from dfs.gateway.service import run_gateway
+
+    setup_logging("gateway", log_level)
+    asyncio.run(run_gateway(master_url.rstrip("/"), listen[0], listen[1], max_upload=max_upload))

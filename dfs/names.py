@@ -1,0 +1,62 @@
+"""Validation of file names and paths, shared by the master, the gateway and the clients."""
+
+from __future__ import annotations
+
+import errno
+
+from dfs.errors import DfsError
+
+NAME_MAX = 255  # bytes, UTF-8 encoded
+PATH_MAX = 4096
+
+
+def _encoded(name: str) -> bytes:
+    # surrogateescape: FUSE hands us names that are not valid UTF-8 decoded that way.
+    return name.encode("utf-8", "surrogateescape")
+
+
+def validate_name(name: object) -> str:
+    """Return `name` if it may be a directory entry; raise EINVAL / ENAMETOOLONG otherwise."""
+    if not isinstance(name, str) or not name:
+        raise DfsError(errno.EINVAL, "a name must be a non-empty string")
+    if name in (".", ".."):
+        raise DfsError(errno.EINVAL, f"'{name}' cannot be used as a name")
+    if "/" in name or "\0" in name:
+        raise DfsError(errno.EINVAL, f"a name may not contain '/' or NUL: {name!r}")
+    try:
+        size = len(_encoded(name))
+    except UnicodeEncodeError:
+        raise DfsError(errno.EINVAL, f"a name must be UTF-8 text: {name!r}") from None
+    if size > NAME_MAX:
+        raise DfsError(errno.ENAMETOOLONG, f"name is {size} bytes long, the limit is {NAME_MAX}")
+    return name
+
+
+def split_path(path: object) -> list[str]:
+    """Components of an absolute path: "/a//b/" -> ["a", "b"], "/" -> [].
+
+    "." and ".." are refused rather than resolved, so no path can climb out of its root.
+    """
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise DfsError(errno.EINVAL, f"a path must be absolute: {path!r}")
+    if len(_encoded(path)) > PATH_MAX:
+        raise DfsError(errno.ENAMETOOLONG, f"path is longer than {PATH_MAX} bytes")
+    parts = [p for p in path.split("/") if p]
+    for part in parts:
+        if part in (".", ".."):
+            raise DfsError(errno.EINVAL, f"'.' and '..' are not allowed in paths: {path!r}")
+        validate_name(part)
+    return parts
+
+
+def normalize_path(path: object) -> str:
+    """Canonical form of an absolute path: "/a//b/" -> "/a/b"."""
+    return "/" + "/".join(split_path(path))
+
+
+def parent_and_name(path: object) -> tuple[str, str]:
+    """("/a/b", "c") for "/a/b/c"; EINVAL for "/" which has no name."""
+    parts = split_path(path)
+    if not parts:
+        raise DfsError(errno.EINVAL, "the root directory has no parent")
+    return "/" + "/".join(parts[:-1]), parts[-1]

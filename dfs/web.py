@@ -1,0 +1,205 @@
+"""What every aiohttp service of ours shares: error translation, JSON input checks, /health, running.
+
+Handlers raise `DfsError`; `error_middleware` is the one place that turns it (and any bug) into a
+JSON response. `Params` reads and checks request fields so that malformed input is a 400 with a
+message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from dfs.errors import DfsError
+
+log = logging.getLogger("dfs.web")
+
+MAX_JSON_BODY = 4 * 1024 * 1024
+MAX_JSON_DEPTH = 32
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(err: DfsError) -> web.Response:
+    return web.json_response(err.to_json(), status=err.status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DfsError as err:
+        return json_error(err)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: errno.ENOENT, 405: errno.EINVAL, 413: errno.EFBIG}.get(exc.status, errno.EINVAL)
+        body = {"error": errno.errorcode[code], "message": exc.reason}
+        return web.json_response(body, status=exc.status, headers={"Allow": exc.headers.get("Allow", "")}
+                                 if "Allow" in exc.headers else None)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return web.json_response({"error": "EIO", "message": "internal server error"}, status=500)
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > limit:
+            return depth
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+async def read_json(request: web.Request) -> Params:
+    """The request's JSON object body as `Params`; 400 for anything else."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise DfsError(errno.EFBIG, f"JSON body larger than {MAX_JSON_BODY} bytes")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise DfsError(errno.EFBIG, f"JSON body larger than {MAX_JSON_BODY} bytes")
+    if not raw:
+        return Params({})
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise DfsError(errno.EINVAL, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise DfsError(errno.EINVAL, "request body must be a JSON object")
+    if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise DfsError(errno.EINVAL, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return Params(body)
+
+
+_MISSING = object()
+
+
+class Params:
+    """Typed, validated access to a JSON object or a query string: `p.int("offset", minimum=0)`."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.data = data
+
+    def _get(self, key: str, default: Any) -> Any:
+        value = self.data.get(key, _MISSING)
+        if value is _MISSING or value is None:
+            if default is _MISSING:
+                raise DfsError(errno.EINVAL, f"missing field '{key}'")
+            return default
+        return value
+
+    def int(self, key: str, default: Any = _MISSING, *, minimum: int | None = None,
+            maximum: int | None = None) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, str):  # query strings
+            try:
+                value = int(value, 10)
+            except ValueError:
+                raise DfsError(errno.EINVAL, f"'{key}' must be an integer") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DfsError(errno.EINVAL, f"'{key}' must be an integer")
+        if minimum is not None and value < minimum:
+            raise DfsError(errno.EINVAL, f"'{key}' must be at least {minimum}")
+        if maximum is not None and value > maximum:
+            raise DfsError(errno.EINVAL, f"'{key}' must be at most {maximum}")
+        return value
+
+    def str(self, key: str, default: Any = _MISSING, *, max_length: int = 4096) -> Any:
+        value = self._get(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, str):
+            raise DfsError(errno.EINVAL, f"'{key}' must be a string")
+        if len(value) > max_length:
+            raise DfsError(errno.EINVAL, f"'{key}' is longer than {max_length} characters")
+        return value
+
+    def bool(self, key: str, default: Any = _MISSING) -> Any:
+        value = self._get(key, default)
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered in ("1", "true", "yes"):
+                return True
+            if lowered in ("0", "false", "no", ""):
+                return False
+        if not isinstance(value, bool):
+            raise DfsError(errno.EINVAL, f"'{key}' must be true or false")
+        return value
+
+    def list(self, key: str, default: Any = _MISSING, *, max_items: int = 100_000) -> Any:
+        value = self._get(key, default)
+        if not isinstance(value, list):
+            raise DfsError(errno.EINVAL, f"'{key}' must be a list")
+        if len(value) > max_items:
+            raise DfsError(errno.EINVAL, f"'{key}' has more than {max_items} items")
+        return value
+
+    def int_list(self, key: str, default: Any = _MISSING, *, max_items: int = 100_000) -> list[int]:
+        items = self.list(key, default, max_items=max_items)
+        if any(isinstance(i, bool) or not isinstance(i, int) for i in items):
+            raise DfsError(errno.EINVAL, f"'{key}' must be a list of integers")
+        return items
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) is not None
+
+
+def add_health(app: web.Application, service: str, extra: Callable[[], dict[str, Any]] | None = None) -> None:
+    started = time.time()
+
+    async def health(_: web.Request) -> web.Response:
+        body = {"status": "ok", "service": service, "uptime_s": round(time.time() - started, 1)}
+        if extra:
+            body.update(extra())
+        return web.json_response(body)
+
+    app.router.add_get("/health", health)
+
+
+def setup_logging(service: str, level: str = "INFO") -> None:
+    """One line per event: time, service, level, message."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+async def serve(app: web.Application, host: str, port: int, *, name: str) -> None:
+    """Run `app` until SIGINT/SIGTERM, then shut down cleanly (cleanup contexts run)."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise SystemExit(f"dfs {name}: cannot listen on {host}:{port}: {exc.strerror}") from None
+    log.info("%s listening on http://%s:%d", name, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("%s stopping", name)
+        await runner.cleanup()

@@ -1,0 +1,1 @@
+"""FUSE client (`dfs mount`): mfusepy operations mapped onto the client library."""

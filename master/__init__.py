@@ -1,0 +1,1 @@
+"""Metadata master: namespace, chunk placement, leases and chunkserver registry."""

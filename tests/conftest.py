@@ -1,0 +1,31 @@
+"""Fixtures: a real cluster of processes per test module, always stopped afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import Cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Master, three chunkservers (1 MiB chunks, goal 3) and a gateway."""
+    c = Cluster(root=tmp_path_factory.mktemp("cluster"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster of its own for tests that kill or restart processes; started by the test."""
+    c = Cluster(root=tmp_path / "cluster")
+    try:
+        yield c
+    finally:
+        c.stop()
