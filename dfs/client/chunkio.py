@@ -1,0 +1,113 @@
+"""Bytes to and from chunkservers: ranged reads with failover, writes through the replica chain."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+
+from dfs.client.rpc import error_from_response
+from dfs.errors import DfsError
+from dfs.protocol import CHAIN_HEADER, STREAM_SLICE, ChunkLocation, Lease, Replica
+
+log = logging.getLogger("dfs.client")
+
+#: Called with (location, replica, problem) when a replica misbehaves, so the master hears of it.
+ReportBad = Callable[[ChunkLocation, Replica, str], Awaitable[None]]
+
+_ZEROS = bytes(STREAM_SLICE)
+
+
+def zeros(length: int) -> AsyncIterator[bytes]:
+    """`length` zero bytes in slices: what a hole in a sparse file reads as."""
+
+    async def gen() -> AsyncIterator[bytes]:
+        left = length
+        while left > 0:
+            n = min(left, STREAM_SLICE)
+            yield _ZEROS if n == STREAM_SLICE else bytes(n)
+            left -= n
+
+    return gen()
+
+
+class ChunkIO:
+    def __init__(self, session: aiohttp.ClientSession, report_bad: ReportBad) -> None:
+        self.session = session
+        self.report_bad = report_bad
+
+    async def read(self, loc: ChunkLocation, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a chunk, from the first replica that serves them.
+
+        A replica that fails (refused, stale, corrupt, cut off mid-stream) is reported and the read
+        goes on from the next one at the byte where the last stopped. ESTALE from every replica
+        means the caller's locations are outdated: it is raised so the caller can refresh them.
+        """
+        pos = start
+        errors: list[str] = []
+        stale = 0
+        for replica in loc.servers:
+            if pos >= end:
+                break
+            try:
+                async for piece in self._read_from(replica, loc, pos, end):
+                    pos += len(piece)
+                    yield piece
+                if pos < end:
+                    raise DfsError(errno.EIO, f"short read ({pos - start} of {end - start} bytes)")
+            except DfsError as err:
+                errors.append(f"{replica.url}: {err.message}")
+                if err.errno == errno.ESTALE:
+                    stale += 1
+                    continue
+                problem = "corrupt" if err.errno in (errno.EBADMSG, errno.EIO) else "missing"
+                log.warning("chunk %d v%d: replica %s failed (%s); trying another",
+                            loc.chunk_id, loc.version, replica.url, err.message)
+                await self.report_bad(loc, replica, problem if err.errno != errno.ENOENT else "missing")
+            except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+                errors.append(f"{replica.url}: {exc or type(exc).__name__}")
+                log.warning("chunk %d v%d: replica %s unreachable (%s); trying another",
+                            loc.chunk_id, loc.version, replica.url, exc or type(exc).__name__)
+                await self.report_bad(loc, replica, "unreachable")
+        if pos >= end:
+            return
+        if stale and stale == len(errors):
+            raise DfsError(errno.ESTALE, f"chunk {loc.chunk_id} v{loc.version}: every replica has another version")
+        detail = "; ".join(errors) or "no live replica"
+        raise DfsError(errno.EIO, f"chunk {loc.chunk_id} v{loc.version}: cannot be read ({detail})")
+
+    async def _read_from(self, replica: Replica, loc: ChunkLocation, start: int, end: int) -> AsyncIterator[bytes]:
+        url = f"{replica.url}/chunks/{loc.chunk_id}"
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        async with self.session.get(url, params={"version": loc.version}, headers=headers) as resp:
+            if resp.status >= 400:
+                raise await error_from_response(resp)
+            try:
+                async for piece in resp.content.iter_chunked(STREAM_SLICE):
+                    yield piece
+            except aiohttp.ClientPayloadError as exc:
+                raise DfsError(errno.EIO, f"transfer cut off: {exc}") from None
+
+    async def write(self, lease: Lease, offset: int, data: bytes | memoryview, sync: bool) -> list[str]:
+        """Write `data` at `offset` of the leased chunk through the whole chain.
+
+        Returns the URLs of replicas that did not take it (empty when all did). Raises DfsError when
+        the head of the chain fails; ENOSPC and ESTALE keep their errno so callers can act on them.
+        """
+        head, rest = lease.servers[0], lease.servers[1:]
+        params = {"version": str(lease.version), "offset": str(offset)}
+        if sync:
+            params["sync"] = "1"
+        headers = {CHAIN_HEADER: ",".join(r.url for r in rest), "Content-Type": "application/octet-stream"}
+        try:
+            async with self.session.put(f"{head.url}/chunks/{lease.chunk_id}", params=params,
+                                        data=data, headers=headers) as resp:
+                if resp.status >= 400:
+                    raise await error_from_response(resp)
+                body = await resp.json(content_type=None)
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            raise DfsError(errno.EIO, f"chunk {lease.chunk_id}: {head.url} unreachable: "
+                                      f"{exc or type(exc).__name__}") from None
+        return [str(u) for u in body.get("failed", [])]

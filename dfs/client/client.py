@@ -1,0 +1,296 @@
+"""The client library: the one way the CLI, the gateway and the mount reach the cluster.
+
+Inode-level calls mirror the master's API (what FUSE needs); path-level calls (`stat`, `listdir`,
+`makedirs`, `remove`, `rename`, `upload`, `download`) are built on them for the CLI and gateway.
+Everything is asyncio over one pooled aiohttp session; `dfs.client.sync.SyncClient` wraps it for
+threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import stat
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from dfs.client.chunkio import ChunkIO
+from dfs.client.files import FileHandle
+from dfs.client.rpc import MasterClient
+from dfs.errors import DfsError
+from dfs.names import parent_and_name, split_path
+from dfs.protocol import ROOT_INODE, Attr, ChunkLocation, Lease, Replica
+
+READDIR_PAGE = 1000
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class Client:
+    def __init__(self, master_url: str, *, retry_for: float = 30.0, uid: int | None = None,
+                 gid: int | None = None) -> None:
+        self.master_url = master_url.rstrip("/")
+        self.retry_for = retry_for
+        self.client_id = uuid.uuid4().hex
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.umask = _umask()
+        self.chunk_size = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> Client:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+            self.master = MasterClient(self._session, self.master_url, self.retry_for)
+            self.chunkio = ChunkIO(self._session, self._report_bad)
+            info = await self.master.call("statfs")
+            self.chunk_size = int(info["chunk_size"])
+        return self
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Client:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _report_bad(self, loc: ChunkLocation, replica: Replica, problem: str) -> None:
+        with contextlib.suppress(DfsError):  # the report is advice; the read itself goes on
+            await self.master.call("report", chunk_id=loc.chunk_id, server_id=replica.id,
+                                   version=loc.version, problem=problem)
+
+    # ---- inode-level namespace -----------------------------------------------------------
+
+    async def _attr(self, op: str, **fields: Any) -> Attr:
+        return Attr.from_json((await self.master.call(op, **fields))["attr"])
+
+    async def lookup(self, parent: int, name: str) -> Attr:
+        return await self._attr("lookup", parent=parent, name=name)
+
+    async def getattr(self, inode: int) -> Attr:
+        return await self._attr("getattr", inode=inode)
+
+    async def setattr(self, inode: int, **changes: Any) -> Attr:
+        return await self._attr("setattr", inode=inode, **changes)
+
+    async def mkdir(self, parent: int, name: str, mode: int = 0o777, uid: int | None = None,
+                    gid: int | None = None) -> Attr:
+        return await self._attr("mkdir", parent=parent, name=name, mode=mode & ~self.umask & 0o7777,
+                                uid=self.uid if uid is None else uid, gid=self.gid if gid is None else gid)
+
+    async def create(self, parent: int, name: str, mode: int = 0o666, *, exclusive: bool = False,
+                     goal: int | None = None, uid: int | None = None, gid: int | None = None,
+                     rdev: int = 0) -> tuple[Attr, bool]:
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        body: dict[str, Any] = {
+            "parent": parent, "name": name, "mode": kind | (stat.S_IMODE(mode) & ~self.umask),
+            "uid": self.uid if uid is None else uid, "gid": self.gid if gid is None else gid,
+            "exclusive": exclusive, "rdev": rdev,
+        }
+        if goal is not None:
+            body["goal"] = goal
+        reply = await self.master.call("create", **body)
+        return Attr.from_json(reply["attr"]), bool(reply.get("created", True))
+
+    async def readdir(self, inode: int) -> AsyncIterator[tuple[str, Attr]]:
+        after: str | None = None
+        while True:
+            reply = await self.master.call("readdir", inode=inode, after=after, limit=READDIR_PAGE)
+            for entry in reply["entries"]:
+                yield entry["name"], Attr.from_json(entry["attr"])
+            after = reply.get("next")
+            if not after:
+                return
+
+    async def unlink(self, parent: int, name: str) -> None:
+        await self.master.call("unlink", parent=parent, name=name)
+
+    async def rmdir(self, parent: int, name: str) -> None:
+        await self.master.call("rmdir", parent=parent, name=name)
+
+    async def rename_entry(self, parent: int, name: str, new_parent: int, new_name: str, *,
+                           noreplace: bool = False, exchange: bool = False) -> None:
+        await self.master.call("rename", parent=parent, name=name, new_parent=new_parent, new_name=new_name,
+                               noreplace=noreplace, exchange=exchange)
+
+    async def link(self, inode: int, new_parent: int, new_name: str) -> Attr:
+        return await self._attr("link", inode=inode, new_parent=new_parent, new_name=new_name)
+
+    async def symlink_entry(self, parent: int, name: str, target: str) -> Attr:
+        return await self._attr("symlink", parent=parent, name=name, target=target, uid=self.uid, gid=self.gid)
+
+    async def readlink_inode(self, inode: int) -> str:
+        return str((await self.master.call("readlink", inode=inode))["target"])
+
+    async def statfs(self) -> dict[str, Any]:
+        return await self.master.call("statfs")
+
+    async def lease(self, inode: int, index: int, exclude: list[int]) -> Lease:
+        reply = await self.master.call("lease", inode=inode, index=index, client=self.client_id, exclude=exclude)
+        return Lease.from_json(reply)
+
+    async def chunks(self, inode: int, first: int = 0, count: int = 1000) -> dict[str, Any]:
+        return await self.master.call("chunks", inode=inode, first=first, count=count)
+
+    async def open_inode(self, inode: int) -> FileHandle:
+        attr = await self.getattr(inode)
+        if attr.is_dir:
+            raise DfsError(errno.EISDIR, f"inode {inode} is a directory")
+        return FileHandle(self, attr)
+
+    # ---- path-level ----------------------------------------------------------------------
+
+    async def stat(self, path: str, follow: bool = True) -> Attr:
+        return await self._attr("resolve", path=path, follow=follow)
+
+    async def exists(self, path: str) -> bool:
+        try:
+            await self.stat(path)
+        except DfsError as err:
+            if err.errno in (errno.ENOENT, errno.ENOTDIR):
+                return False
+            raise
+        return True
+
+    async def _parent(self, path: str) -> tuple[Attr, str]:
+        parent_path, name = parent_and_name(path)
+        parent = await self.stat(parent_path)
+        if not parent.is_dir:
+            raise DfsError(errno.ENOTDIR, f"not a directory: {parent_path}")
+        return parent, name
+
+    async def listdir(self, path: str) -> AsyncIterator[tuple[str, Attr]]:
+        attr = await self.stat(path)
+        if not attr.is_dir:
+            raise DfsError(errno.ENOTDIR, f"not a directory: {path}")
+        async for item in self.readdir(attr.inode):
+            yield item
+
+    async def makedir(self, path: str, mode: int = 0o777, parents: bool = False) -> Attr:
+        """mkdir; with `parents`, missing ancestors are made and an existing directory is fine (mkdir -p)."""
+        if not parents:
+            parent, name = await self._parent(path)
+            return await self.mkdir(parent.inode, name, mode)
+        current = await self.getattr(ROOT_INODE)
+        for name in split_path(path):
+            try:
+                current = await self.mkdir(current.inode, name, mode)
+            except DfsError as err:
+                if err.errno != errno.EEXIST:
+                    raise
+                current = await self.lookup(current.inode, name)
+                if not current.is_dir:
+                    raise DfsError(errno.ENOTDIR, f"not a directory: {name} in {path}") from None
+        return current
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        """rm (files, symlinks); rmdir for directories, or the whole tree when `recursive`."""
+        parent, name = await self._parent(path)
+        attr = await self.lookup(parent.inode, name)
+        if not attr.is_dir:
+            await self.unlink(parent.inode, name)
+            return
+        if recursive:
+            await self._remove_children(attr.inode)
+        await self.rmdir(parent.inode, name)
+
+    async def _remove_children(self, inode: int) -> None:
+        while True:
+            batch = []
+            async for name, attr in self.readdir(inode):
+                batch.append((name, attr))
+                if len(batch) >= READDIR_PAGE:
+                    break
+            if not batch:
+                return
+            for name, attr in batch:
+                if attr.is_dir:
+                    await self._remove_children(attr.inode)
+                    await self.rmdir(inode, name)
+                else:
+                    await self.unlink(inode, name)
+
+    async def rename(self, src: str, dst: str, *, noreplace: bool = False) -> None:
+        sparent, sname = await self._parent(src)
+        dparent, dname = await self._parent(dst)
+        await self.rename_entry(sparent.inode, sname, dparent.inode, dname, noreplace=noreplace)
+
+    async def symlink(self, target: str, path: str) -> Attr:
+        parent, name = await self._parent(path)
+        return await self.symlink_entry(parent.inode, name, target)
+
+    async def readlink(self, path: str) -> str:
+        return await self.readlink_inode((await self.stat(path, follow=False)).inode)
+
+    async def truncate(self, path: str, size: int) -> Attr:
+        attr = await self.stat(path)
+        return await self.setattr(attr.inode, size=size)
+
+    async def open(self, path: str, *, create: bool = False, mode: int = 0o666,
+                   goal: int | None = None) -> FileHandle:
+        """Open a file by path; with `create`, make it when missing (O_CREAT)."""
+        if create:
+            parent, name = await self._parent(path)
+            attr, _ = await self.create(parent.inode, name, mode, goal=goal)
+        else:
+            attr = await self.stat(path)
+        if attr.is_dir:
+            raise DfsError(errno.EISDIR, f"is a directory: {path}")
+        if not attr.is_file:
+            raise DfsError(errno.EINVAL, f"not a regular file: {path}")
+        return FileHandle(self, attr)
+
+    async def upload(self, path: str, source: AsyncIterable[bytes], *, goal: int | None = None,
+                     mode: int = 0o666) -> Attr:
+        """Store everything `source` yields as `path`, replacing it atomically when it exists.
+
+        The bytes go to a hidden temporary file in the same folder that is renamed over `path`
+        once complete and durable, so readers see the old file or the new one, never a mix, and
+        a failed upload leaves nothing behind.
+        """
+        parent, name = await self._parent(path)
+        try:
+            existing = await self.lookup(parent.inode, name)
+        except DfsError as err:
+            if err.errno != errno.ENOENT:
+                raise
+        else:
+            if existing.is_dir:
+                raise DfsError(errno.EISDIR, f"is a directory: {path}")
+        temp = f".{name[:200]}.dfs-upload-{secrets.token_hex(6)}"
+        attr, _ = await self.create(parent.inode, temp, mode, exclusive=True, goal=goal)
+        try:
+            handle = FileHandle(self, attr)
+            await handle.write_stream(0, source)
+            await handle.close()
+            await self.rename_entry(parent.inode, temp, parent.inode, name)
+        except BaseException:
+            with contextlib.suppress(DfsError, aiohttp.ClientError):
+                await self.unlink(parent.inode, temp)
+            raise
+        return await self.lookup(parent.inode, name)
+
+    async def download(self, path: str, offset: int = 0, size: int | None = None) -> AsyncIterator[bytes]:
+        handle = await self.open(path)
+        try:
+            async for piece in handle.read_stream(offset, size):
+                yield piece
+        finally:
+            await handle.close()

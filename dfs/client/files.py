@@ -1,0 +1,255 @@
+"""An open file: reads over cached chunk locations, writes under leases, commits on fsync and close.
+
+Contract: a `FileHandle` sees the file as it was when opened plus its own writes (close-to-open).
+Chunk locations are fetched lazily and cached for the life of the handle; a read that meets
+another version everywhere refreshes them once. Writes go straight to the chunkservers in pieces of
+at most WRITE_PIECE bytes (the handle keeps that much to resend after a failover); the new size and
+mtime reach the master on `fsync()` and `close()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TYPE_CHECKING
+
+from dfs.client.chunkio import zeros
+from dfs.errors import DfsError
+from dfs.protocol import MAX_FILE_SIZE, WRITE_PIECE, Attr, ChunkLocation, Lease, Replica
+
+if TYPE_CHECKING:
+    from dfs.client.client import Client
+
+log = logging.getLogger("dfs.client")
+
+LOCATION_BATCH = 256  # chunk slots asked for in one `chunks` call
+WRITE_ATTEMPTS = 4
+LEASE_MARGIN = 5.0  # seconds before expiry when a cached lease is renewed
+
+
+class FileHandle:
+    def __init__(self, client: Client, attr: Attr) -> None:
+        self.client = client
+        self.inode = attr.inode
+        self.attr = attr
+        self.size = attr.size
+        self._locations: dict[int, ChunkLocation] = {}
+        self._fetched: set[int] = set()  # batches of slots asked of the master; absent slots are holes
+        self._leases: dict[int, tuple[Lease, float]] = {}
+        self._unsynced: set[int] = set()
+        self._dirty = False
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    @property
+    def chunk_size(self) -> int:
+        return self.client.chunk_size
+
+    # ---- reading -------------------------------------------------------------------------
+
+    async def read(self, offset: int, size: int) -> bytes:
+        parts = [piece async for piece in self.read_stream(offset, size)]
+        return b"".join(parts)
+
+    async def read_stream(self, offset: int, size: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes from `offset`, `size` of them at most, never past the end of the file."""
+        if offset < 0 or (size is not None and size < 0):
+            raise DfsError(errno.EINVAL, "negative offset or size")
+        end = self.size if size is None else min(self.size, offset + size)
+        pos = offset
+        while pos < end:
+            index, within = divmod(pos, self.chunk_size)
+            stop = min(end - index * self.chunk_size, self.chunk_size)
+            async for piece in self._read_chunk(index, within, stop):
+                pos += len(piece)
+                yield piece
+
+    async def _read_chunk(self, index: int, start: int, end: int) -> AsyncIterator[bytes]:
+        loc = await self._location(index)
+        if loc is None:
+            async for piece in zeros(end - start):
+                yield piece
+            return
+        done = 0
+        try:
+            async for piece in self.client.chunkio.read(loc, start, end):
+                done += len(piece)
+                yield piece
+        except DfsError as err:
+            if err.errno != errno.ESTALE:
+                raise
+            log.info("chunk %d v%d of inode %d moved on; refreshing locations", loc.chunk_id, loc.version, self.inode)
+            self._forget_locations()
+            loc = await self._location(index)
+            if loc is None:
+                async for piece in zeros(end - start - done):
+                    yield piece
+                return
+            async for piece in self.client.chunkio.read(loc, start + done, end):
+                yield piece
+
+    async def _location(self, index: int) -> ChunkLocation | None:
+        """Where slot `index` lives (None: a hole), fetched LOCATION_BATCH slots at a time."""
+        batch = index // LOCATION_BATCH
+        if batch not in self._fetched and index not in self._locations:
+            first = batch * LOCATION_BATCH
+            reply = await self.client.master.call("chunks", inode=self.inode, first=first, count=LOCATION_BATCH)
+            for item in reply["chunks"]:
+                loc = ChunkLocation.from_json(item)
+                self._locations.setdefault(loc.index, loc)
+            self._fetched.add(batch)
+        return self._locations.get(index)
+
+    def _forget_locations(self) -> None:
+        self._locations.clear()
+        self._fetched.clear()
+
+    # ---- writing -------------------------------------------------------------------------
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> int:
+        """Write `data` at `offset`; returns the number of bytes written (all of them)."""
+        self._check_range(offset, len(data))
+        view = memoryview(data)
+        pos = 0
+        while pos < len(view):
+            index, within = divmod(offset + pos, self.chunk_size)
+            n = min(len(view) - pos, self.chunk_size - within, WRITE_PIECE)
+            await self._write_piece(index, within, view[pos : pos + n], sync)
+            pos += n
+        return len(view)
+
+    async def write_stream(self, offset: int, source: AsyncIterable[bytes]) -> int:
+        """Write everything `source` yields, starting at `offset`, in pieces of at most WRITE_PIECE.
+
+        The last piece of each chunk is written with sync, so a finished chunk is durable on every
+        replica before anything can commit it. Memory held: one piece.
+        """
+        buf = bytearray()
+        pos = offset
+        total = 0
+
+        async def send(final: bool) -> None:
+            nonlocal pos, buf
+            while buf:
+                index, within = divmod(pos, self.chunk_size)
+                room = self.chunk_size - within
+                n = min(len(buf), room, WRITE_PIECE)
+                if n < WRITE_PIECE and n < room and not final:
+                    return  # wait for more bytes
+                self._check_range(pos, n)
+                await self._write_piece(index, within, memoryview(buf)[:n], sync=(n == room or final))
+                del buf[:n]
+                pos += n
+
+        async for piece in source:
+            buf += piece
+            total += len(piece)
+            if len(buf) >= WRITE_PIECE:
+                await send(final=False)
+        await send(final=True)
+        return total
+
+    def _check_range(self, offset: int, length: int) -> None:
+        if offset < 0:
+            raise DfsError(errno.EINVAL, "negative offset")
+        if offset + length > MAX_FILE_SIZE:
+            raise DfsError(errno.EFBIG, f"file would exceed {MAX_FILE_SIZE} bytes")
+
+    async def _lease(self, index: int, exclude: list[int] | None = None) -> Lease:
+        now = asyncio.get_running_loop().time()
+        cached = self._leases.get(index)
+        if cached and not exclude and cached[1] - LEASE_MARGIN > now:
+            return cached[0]
+        lease = await self.client.lease(self.inode, index, exclude or [])
+        self._leases[index] = (lease, now + lease.expires_in)
+        # our own reads of this slot must use the new version and replicas
+        self._locations[index] = ChunkLocation(index, lease.chunk_id, lease.version, list(lease.servers))
+        return lease
+
+    async def _write_piece(self, index: int, within: int, data: memoryview, sync: bool) -> None:
+        exclude: list[int] = []
+        last_error: DfsError | None = None
+        for _attempt in range(WRITE_ATTEMPTS):
+            lease = await self._lease(index, exclude)
+            try:
+                failed = await self.client.chunkio.write(lease, within, data, sync)
+            except DfsError as err:
+                last_error = err
+                if err.errno == errno.ESTALE:  # our lease was superseded: ask again
+                    self._leases.pop(index, None)
+                    continue
+                log.warning("chunk %d v%d: write to %s failed (%s); excluding it",
+                            lease.chunk_id, lease.version, lease.servers[0].url, err.message)
+                exclude = [lease.servers[0].id]
+                if err.errno == errno.ENOSPC and len(lease.servers) == 1:
+                    raise
+                continue
+            if not failed:
+                break
+            bad = _ids_of(lease.servers, failed)
+            log.warning("chunk %d v%d: replicas %s failed; rewriting the piece without them",
+                        lease.chunk_id, lease.version, ", ".join(failed))
+            exclude = bad
+            last_error = DfsError(errno.EIO, f"replicas failed: {', '.join(failed)}")
+        else:
+            raise DfsError(last_error.errno if last_error else errno.EIO,
+                           f"chunk slot {index} of inode {self.inode}: write failed "
+                           f"after {WRITE_ATTEMPTS} attempts: {last_error.message if last_error else ''}")
+        self.size = max(self.size, index * self.chunk_size + within + len(data))
+        self._dirty = True
+        if sync:
+            self._unsynced.discard(index)
+        else:
+            self._unsynced.add(index)
+
+    async def truncate(self, size: int) -> None:
+        if size < 0 or size > MAX_FILE_SIZE:
+            raise DfsError(errno.EINVAL if size < 0 else errno.EFBIG, f"bad size {size}")
+        await self.flush()
+        self.attr = await self.client.setattr(self.inode, size=size)
+        self.size = size
+        self._forget_locations()
+        self._leases.clear()
+
+    async def flush(self) -> None:
+        """Make written data durable on the replicas and commit size and mtime to the master."""
+        async with self._lock:
+            for index in sorted(self._unsynced):
+                lease = self._leases.get(index)
+                if lease is not None:
+                    await self._write_piece(index, 0, memoryview(b""), sync=True)
+            self._unsynced.clear()
+            if self._dirty:
+                reply = await self.client.master.call("commit", inode=self.inode, client=self.client.client_id,
+                                                      size=self.size, release=False)
+                self.attr = Attr.from_json(reply["attr"])
+                self._dirty = False
+
+    async def fsync(self) -> None:
+        await self.flush()
+
+    async def close(self) -> None:
+        """Flush, commit and give the leases back (a later writer need not wait for them to expire)."""
+        if self.closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self.closed = True
+            if self._leases:
+                self._leases.clear()
+                await self.client.master.call("commit", inode=self.inode, client=self.client.client_id,
+                                              release=True)
+
+    async def __aenter__(self) -> FileHandle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _ids_of(servers: list[Replica], urls: list[str]) -> list[int]:
+    wanted = {u.rstrip("/") for u in urls}
+    return [s.id for s in servers if s.url.rstrip("/") in wanted]

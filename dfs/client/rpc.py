@@ -1,0 +1,54 @@
+"""JSON calls to the master, with bounded retries while it is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from typing import Any
+
+import aiohttp
+
+from dfs.errors import DfsError
+
+log = logging.getLogger("dfs.client")
+
+
+async def error_from_response(resp: aiohttp.ClientResponse) -> DfsError:
+    """The DfsError a server answered with (its JSON body), or one made from the status alone."""
+    try:
+        body = await resp.json(content_type=None)
+    except (ValueError, aiohttp.ClientError):
+        body = None
+    return DfsError.from_json(resp.status, body)
+
+
+class MasterClient:
+    """`await master.call("lookup", parent=1, name="a")` -> the reply's JSON object.
+
+    A master that cannot be reached is retried with backoff for `retry_for` seconds, then the call
+    fails with EIO naming the master, so a restarting master costs a pause, not an error.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, retry_for: float = 30.0) -> None:
+        self.session = session
+        self.url = url.rstrip("/")
+        self.retry_for = retry_for
+
+    async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                async with self.session.post(f"{self.url}/api/{op}", json=fields) as resp:
+                    if resp.status >= 400:
+                        raise await error_from_response(resp)
+                    return await resp.json(content_type=None)
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                if time.monotonic() + delay > deadline:
+                    reason = exc or type(exc).__name__
+                    raise DfsError(errno.EIO, f"master at {self.url} unreachable: {reason}") from None
+                log.debug("master %s unreachable for %s (%s); retrying", self.url, op, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
