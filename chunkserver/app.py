@@ -1,0 +1,209 @@
+"""HTTP face of a chunkserver: the routes of docs/PROTOCOL.md "Chunkserver" over the chunk store.
+
+Handlers only parse and check requests and shape replies; the store (chunkserver/store.py) and the
+chain (chunkserver/replication.py) do the work. Until the master has answered our registration the
+chunk size is unknown, so data requests get 503 EAGAIN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import re
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from chunkserver import replication
+from chunkserver.config import ChunkserverConfig
+from chunkserver.heartbeat import MasterLink
+from chunkserver.store import MAX_ID, ChunkStore
+from dfs.errors import DfsError
+from dfs.protocol import CHAIN_HEADER
+from dfs.web import Params, add_health, error_middleware
+
+log = logging.getLogger("chunkserver.app")
+
+CONFIG = web.AppKey("config", ChunkserverConfig)
+STORE = web.AppKey("store", ChunkStore)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+LINK = web.AppKey("link", MasterLink)
+
+_ID = re.compile(r"[0-9]{1,19}")
+_RANGE_NUMBER = re.compile(r"[0-9]{1,19}")
+
+
+class Unsatisfiable(Exception):
+    """A Range outside the chunk: 416 with `Content-Range: bytes */chunk_size`."""
+
+
+def chunk_id_of(request: web.Request) -> int:
+    text = request.match_info["id"]
+    if not _ID.fullmatch(text) or not 0 < int(text) <= MAX_ID:
+        raise DfsError(errno.EINVAL, f"bad chunk id {text!r}")
+    return int(text)
+
+
+def version_of(query: Params) -> int:
+    return query.int("version", minimum=1, maximum=MAX_ID)
+
+
+def chunk_size_of(request: web.Request) -> int:
+    size = request.app[LINK].chunk_size
+    if size is None:
+        raise DfsError(errno.EAGAIN, "chunkserver not registered with the master yet")
+    return size
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """[start, end) of a `Range: bytes=a-b | a- | -n` header over `size` bytes; None without one."""
+    if header is None:
+        return None
+    unit, _, spec = header.strip().partition("=")
+    if unit.strip().lower() != "bytes" or not spec:
+        raise DfsError(errno.EINVAL, f"unsupported Range {header!r}: expected bytes=a-b")
+    if "," in spec:
+        raise DfsError(errno.EINVAL, "multiple ranges are not supported")
+    first, sep, last = (part.strip() for part in spec.partition("-"))
+    if not sep or (first and not _RANGE_NUMBER.fullmatch(first)) or (last and not _RANGE_NUMBER.fullmatch(last)) \
+            or not (first or last):
+        raise DfsError(errno.EINVAL, f"malformed Range {header!r}")
+    if not first:  # suffix: the last n bytes
+        count = int(last)
+        if count == 0:
+            raise Unsatisfiable
+        return max(0, size - count), size
+    start = int(first)
+    end = int(last) + 1 if last else size
+    if start >= size or end <= start:
+        raise Unsatisfiable
+    return start, min(end, size)
+
+
+def unsatisfiable(chunk_id: int, size: int) -> web.Response:
+    err = DfsError(errno.ERANGE, f"chunk {chunk_id}: range not satisfiable (chunk size {size})")
+    return web.json_response(err.to_json(), status=err.status, headers={"Content-Range": f"bytes */{size}"})
+
+
+async def put_chunk(request: web.Request) -> web.Response:
+    chunk_id = chunk_id_of(request)
+    query = Params(request.query)
+    version = version_of(query)
+    offset = query.int("offset", minimum=0, maximum=MAX_ID)
+    sync = query.bool("sync", False)
+    chunk_size = chunk_size_of(request)
+    length = request.content_length
+    if length is None:
+        raise DfsError(errno.EINVAL, "Content-Length required")
+    if offset + length > chunk_size:
+        raise DfsError(errno.ERANGE, f"chunk {chunk_id}: {offset}+{length} exceeds the chunk size {chunk_size}")
+    chain = replication.parse_chain(request.headers.get(CHAIN_HEADER))
+    if request.app[CONFIG].url.rstrip("/") in chain:
+        raise DfsError(errno.EINVAL, f"{CHAIN_HEADER} names this server")
+    result = await replication.chain_write(request.app[STORE], request.app[SESSION], chunk_id, version, offset,
+                                           length, sync, request.content, chain)
+    return web.json_response(result)
+
+
+async def get_chunk(request: web.Request) -> web.StreamResponse:
+    chunk_id = chunk_id_of(request)
+    version = version_of(Params(request.query))
+    chunk_size = chunk_size_of(request)
+    try:
+        wanted = parse_range(request.headers.get("Range"), chunk_size)
+    except Unsatisfiable:
+        return unsatisfiable(chunk_id, chunk_size)
+    start, end = wanted or (0, chunk_size)
+    store = request.app[STORE]
+    info = await store.check_readable(chunk_id, version)
+    response = web.StreamResponse(status=206 if wanted else 200)
+    response.content_type = "application/octet-stream"
+    response.content_length = end - start
+    response.headers["Accept-Ranges"] = "bytes"
+    response.headers["X-DFS-Version"] = str(version)
+    response.headers["X-DFS-Length"] = str(info["length"])
+    if wanted:
+        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{chunk_size}"
+    if request.method == "HEAD":
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    async with contextlib.aclosing(store.read(chunk_id, version, start, end)) as pieces:
+        first = await anext(pieces)  # errors before the headers go out become JSON replies
+        await response.prepare(request)
+        try:
+            await response.write(first)
+            async for piece in pieces:
+                await response.write(piece)
+        except DfsError as err:
+            log.warning("chunk %d v%d: read aborted mid-stream: %s", chunk_id, version, err.message)
+            if request.transport is not None:
+                request.transport.close()  # the client sees a body shorter than Content-Length
+            return response
+    await response.write_eof()
+    return response
+
+
+async def chunk_info(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STORE].info(chunk_id_of(request)))
+
+
+async def truncate_chunk(request: web.Request) -> web.Response:
+    chunk_id = chunk_id_of(request)
+    query = Params(request.query)
+    version = version_of(query)
+    length = query.int("length", minimum=0, maximum=MAX_ID)
+    chunk_size = chunk_size_of(request)
+    if length > chunk_size:
+        raise DfsError(errno.ERANGE, f"chunk {chunk_id}: length {length} exceeds the chunk size {chunk_size}")
+    return web.json_response(await request.app[STORE].truncate(chunk_id, version, length))
+
+
+async def delete_chunk(request: web.Request) -> web.Response:
+    chunk_id = chunk_id_of(request)
+    version = version_of(Params(request.query))
+    return web.json_response({"deleted": await request.app[STORE].delete(chunk_id, version)})
+
+
+async def list_chunks(request: web.Request) -> web.Response:
+    return web.json_response({"chunks": request.app[STORE].list()})
+
+
+def create_app(config: ChunkserverConfig) -> web.Application:
+    """The chunkserver application: store and HTTP client opened and closed through cleanup_ctx.
+
+    The heartbeat task is added by `chunkserver.service`; without it the server stays unregistered
+    unless `app[LINK]` is filled in by hand (tests).
+    """
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG] = config
+    app[LINK] = MasterLink()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        store = ChunkStore(config.data_dirs, config.capacity)
+        await store.open()
+        app[STORE] = store
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64)
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            app[SESSION] = session
+            yield
+
+    app.cleanup_ctx.append(resources)
+
+    def health() -> dict[str, object]:
+        link = app[LINK]
+        extra: dict[str, object] = {"registered": link.chunk_size is not None, "server_id": link.server_id}
+        if STORE in app:
+            extra.update(app[STORE].usage(), chunks=len(app[STORE].index))
+        return extra
+
+    add_health(app, "chunkserver", health)
+    app.router.add_get("/chunks", list_chunks)
+    app.router.add_put("/chunks/{id}", put_chunk)
+    app.router.add_get("/chunks/{id}", get_chunk)  # and HEAD
+    app.router.add_get("/chunks/{id}/info", chunk_info)
+    app.router.add_post("/chunks/{id}/truncate", truncate_chunk)
+    app.router.add_delete("/chunks/{id}", delete_chunk)
+    return app

@@ -1,0 +1,41 @@
+"""`dfs chunkserver`: the application, its heartbeat task, and serving until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from chunkserver.app import CONFIG, LINK, SESSION, STORE, create_app
+from chunkserver.config import ChunkserverConfig
+from chunkserver.heartbeat import Heartbeat
+from dfs.web import serve
+
+
+async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Keep the server registered while the app runs (after the store and session are open)."""
+    heartbeat = Heartbeat(app[CONFIG], app[STORE], app[SESSION], app[LINK])
+    task = asyncio.create_task(heartbeat.run(), name="heartbeat")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def build_app(config: ChunkserverConfig) -> web.Application:
+    app = create_app(config)
+    app.cleanup_ctx.append(heartbeat_ctx)
+    return app
+
+
+async def run_chunkserver(config: ChunkserverConfig) -> None:
+    """Run a chunkserver until SIGINT or SIGTERM."""
+    if not config.data_dirs:
+        raise SystemExit("dfs chunkserver: at least one --data folder is needed")
+    for path in config.data_dirs:
+        path.mkdir(parents=True, exist_ok=True)
+    await serve(build_app(config), config.host, config.port, name="chunkserver")

@@ -1,0 +1,786 @@
+"""On-disk chunk store: one data file and one checksum file per chunk, over one or more data dirs.
+
+Layout of each data dir::
+
+    DIR/chunks/XX/<id>.chunk      the chunk's bytes; XX = low byte of the id, two hex digits
+    DIR/chunks/XX/<id>.meta       header and block digests (below)
+    DIR/chunks/XX/<id>.meta.tmp   a meta file being replaced (write, fsync, rename); dropped at start
+    DIR/quarantine/               files found corrupt or not ours, kept for inspection
+
+Meta file ``<id>.meta``, little-endian::
+
+    offset  size  field
+         0     4  magic b"DFSC"
+         4     2  format (u16) = 1
+         6     2  flags (u16): bit 0 = pending (a write at `version` has not completed)
+         8     4  block_size (u32) = 65536
+        12     8  version (u64)
+        20     8  length (u64): bytes of data in the chunk
+        28   8*n  n = ceil(length / block_size) digests (u64): xxh3_64 of each block of the data
+                  file in order; the last block may be short, its digest covers the bytes present
+
+The data file holds `length` bytes (it may be longer after a crash; bytes past `length` are never
+read). Bytes past `length` up to the chunk size read as zeros. A meta file is always replaced whole
+(temp, rename), so it is either the old or the new one.
+
+Writes: the meta records the new version and the pending flag before the first byte is written;
+once the body is written (and synced when asked) the digests of the blocks touched are recomputed
+(whole blocks from memory, partial ones re-read from disk) and the meta is replaced without the
+flag. A write that breaks off leaves a meta that matches the data but stays pending; a chunk still
+pending at start (a crash mid-write) has all its digests recomputed by its next completed write.
+
+Reads verify every block against its digest before returning any byte of it; a mismatch moves the
+chunk's files to quarantine/ and raises EBADMSG.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import re
+import struct
+import sys
+import time
+import uuid
+from array import array
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from chunkserver import diskio
+from dfs.checksum import BLOCK_SIZE, block_digest, chunk_digest
+from dfs.errors import DfsError
+from dfs.protocol import STREAM_SLICE
+
+log = logging.getLogger("chunkserver.store")
+
+MAGIC = b"DFSC"
+FORMAT = 1
+FLAG_PENDING = 0x1
+HEADER = struct.Struct("<4sHHIQQ")
+DIGEST_SIZE = 8
+MAX_ID = (1 << 63) - 1
+
+#: Bytes per disk call of a streaming read or write; a multiple of BLOCK_SIZE.
+SLICE = STREAM_SLICE
+assert SLICE % BLOCK_SIZE == 0
+
+ZERO_BLOCK_DIGEST = block_digest(bytes(BLOCK_SIZE))
+_ZEROS = memoryview(bytes(SLICE))
+_NAME = re.compile(r"([1-9][0-9]{0,18})\.(chunk|meta)")
+_SUBDIR = re.compile(r"[0-9a-f]{2}")
+
+Buffer = bytes | bytearray | memoryview
+
+
+def nblocks(length: int) -> int:
+    return -(-length // BLOCK_SIZE)
+
+
+def chunk_paths(root: Path, chunk_id: int) -> tuple[Path, Path]:
+    """(data file, meta file) of a chunk in data dir `root`."""
+    sub = root / "chunks" / f"{chunk_id & 0xFF:02x}"
+    return sub / f"{chunk_id}.chunk", sub / f"{chunk_id}.meta"
+
+
+def _digests_from(raw: bytes) -> array:
+    digests = array("Q")
+    digests.frombytes(raw)
+    if sys.byteorder == "big":
+        digests.byteswap()
+    return digests
+
+
+def _digests_bytes(digests: array) -> bytes:
+    if sys.byteorder == "big":
+        digests = array("Q", digests)
+        digests.byteswap()
+    return digests.tobytes()
+
+
+@dataclass(slots=True)
+class Meta:
+    version: int
+    length: int
+    pending: bool
+    digests: array
+
+    def encode(self) -> bytes:
+        flags = FLAG_PENDING if self.pending else 0
+        return HEADER.pack(MAGIC, FORMAT, flags, BLOCK_SIZE, self.version, self.length) + _digests_bytes(
+            self.digests)
+
+
+def read_meta(path: Path, *, header_only: bool = False) -> Meta:
+    """Parse a meta file; ValueError if it is not a valid one."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER.size)
+        if len(head) != HEADER.size:
+            raise ValueError("short header")
+        magic, fmt, flags, block_size, version, length = HEADER.unpack(head)
+        if magic != MAGIC or fmt != FORMAT:
+            raise ValueError("bad magic or format")
+        if block_size != BLOCK_SIZE or flags & ~FLAG_PENDING or version < 1 or version > MAX_ID:
+            raise ValueError("bad header fields")
+        size = os.fstat(f.fileno()).st_size
+        if size != HEADER.size + DIGEST_SIZE * nblocks(length):
+            raise ValueError(f"size {size} does not match length {length}")
+        digests = array("Q") if header_only else _digests_from(f.read())
+    return Meta(version, length, bool(flags & FLAG_PENDING), digests)
+
+
+def write_meta(path: Path, meta: Meta, *, sync: bool) -> None:
+    """Replace `path` atomically: write a temp file, fsync it (when `sync`), rename, fsync the dir."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        data = memoryview(meta.encode())
+        while data:
+            data = data[os.write(fd, data):]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync:
+        _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: memoryview, pos: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, pos)
+        data = data[n:]
+        pos += n
+
+
+def _pread_full(fd: int, size: int, pos: int) -> bytes:
+    """`size` bytes at `pos`; bytes the file does not have read as zeros."""
+    data = os.pread(fd, size, pos)
+    if len(data) < size:
+        data += bytes(size - len(data))
+    return data
+
+
+@dataclass(slots=True, eq=False)
+class Entry:
+    """What the index knows of one chunk; `writing` and `generation` live in memory only."""
+
+    chunk_id: int
+    root: Path
+    version: int
+    length: int
+    pending: bool
+    writing: bool = False
+    generation: int = 0
+
+    def report(self) -> dict[str, Any]:
+        return {"chunk_id": self.chunk_id, "version": self.version, "length": self.length,
+                "pending": self.pending}
+
+
+class ChunkStore:
+    """Chunks of one chunkserver across its data dirs. Use from one event loop."""
+
+    def __init__(self, dirs: Sequence[Path], capacity: int | None = None) -> None:
+        if not dirs:
+            raise ValueError("a chunk store needs at least one data dir")
+        self.dirs = [Path(d) for d in dirs]
+        self._capacity = capacity
+        self.index: dict[int, Entry] = {}
+        self.used = 0
+        self._reserved = 0
+        self._locks: dict[int, list[Any]] = {}
+        self._bad: list[dict[str, Any]] = []
+
+    # ---- start, space, reports
+
+    async def open(self) -> None:
+        """Create the dirs and build the index from the meta files (quarantining garbage)."""
+        await diskio.run(self._scan)
+        log.info("chunk store: %d chunks, %d bytes in %s", len(self.index), self.used,
+                 ", ".join(map(str, self.dirs)))
+
+    def _scan(self) -> None:
+        for root in self.dirs:
+            (root / "chunks").mkdir(parents=True, exist_ok=True)
+            (root / "quarantine").mkdir(parents=True, exist_ok=True)
+            for sub in sorted((root / "chunks").iterdir()):
+                if not (sub.is_dir() and _SUBDIR.fullmatch(sub.name)):
+                    self._quarantine_file(root, sub, "not a chunk dir")
+                    continue
+                self._scan_subdir(root, sub)
+
+    def _scan_subdir(self, root: Path, sub: Path) -> None:
+        names = set(os.listdir(sub))
+        for name in sorted(names):
+            path = sub / name
+            if name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            match = _NAME.fullmatch(name)
+            if not match or int(match[1]) & 0xFF != int(sub.name, 16) or not path.is_file():
+                self._quarantine_file(root, path, "not a chunk file")
+                continue
+            chunk_id = int(match[1])
+            if match[2] == "chunk":
+                if f"{chunk_id}.meta" not in names:
+                    self._quarantine_file(root, path, "data without meta")
+                    self._bad.append({"chunk_id": chunk_id, "version": 0, "problem": "corrupt"})
+                continue
+            data_path = sub / f"{chunk_id}.chunk"
+            try:
+                meta = read_meta(path, header_only=True)
+                if not data_path.exists():
+                    if meta.length:
+                        raise ValueError("data file missing")
+                    data_path.touch()
+            except (OSError, ValueError) as exc:
+                log.warning("chunk %d quarantined at start: %s", chunk_id, exc)
+                self._quarantine_file(root, path, str(exc))
+                if data_path.exists():
+                    self._quarantine_file(root, data_path, str(exc))
+                names.discard(f"{chunk_id}.chunk")
+                self._bad.append({"chunk_id": chunk_id, "version": 0, "problem": "corrupt"})
+                continue
+            entry = Entry(chunk_id, root, meta.version, meta.length, meta.pending)
+            other = self.index.get(chunk_id)
+            if other is not None:  # the same chunk in two dirs: keep the newer, complete one
+                key = (not entry.pending, entry.version)
+                if key <= (not other.pending, other.version):
+                    self._quarantine_entry_sync(entry, "duplicate of a newer copy")
+                    continue
+                self._quarantine_entry_sync(other, "duplicate of a newer copy")
+                self.used -= other.length
+            self.index[chunk_id] = entry
+            self.used += entry.length
+
+    def _quarantine_file(self, root: Path, path: Path, why: str) -> None:
+        dest = root / "quarantine" / f"{path.name}.{int(time.time())}.{uuid.uuid4().hex[:8]}"
+        log.warning("quarantined %s: %s", path, why)
+        with contextlib.suppress(OSError):
+            os.replace(path, dest)
+
+    def _quarantine_entry_sync(self, entry: Entry, why: str) -> None:
+        stamp = f"v{entry.version}.{int(time.time())}.{uuid.uuid4().hex[:8]}"
+        for path in chunk_paths(entry.root, entry.chunk_id):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, entry.root / "quarantine" / f"{path.name}.{stamp}")
+        log.warning("chunk %d v%d quarantined: %s", entry.chunk_id, entry.version, why)
+
+    def _disks(self) -> list[tuple[Path, os.statvfs_result]]:
+        """One (dir, statvfs) per distinct file system among the data dirs."""
+        seen: set[int] = set()
+        out = []
+        for root in self.dirs:
+            dev = os.stat(root).st_dev
+            if dev not in seen:
+                seen.add(dev)
+                out.append((root, os.statvfs(root)))
+        return out
+
+    @staticmethod
+    def _free_of(root: Path) -> int:
+        st = os.statvfs(root)
+        return st.f_bavail * st.f_frsize
+
+    def usage(self) -> dict[str, int]:
+        """{capacity, used, free}: free = min(capacity - used, free disk space)."""
+        disks = self._disks()
+        disk_free = sum(st.f_bavail * st.f_frsize for _, st in disks)
+        capacity = self._capacity
+        if capacity is None:
+            capacity = sum(st.f_blocks * st.f_frsize for _, st in disks)
+        return {"capacity": capacity, "used": self.used,
+                "free": max(0, min(capacity - self.used - self._reserved, disk_free))}
+
+    def report(self) -> list[dict[str, Any]]:
+        """The full chunk report: [{chunk_id, version, length, pending}]."""
+        return [e.report() for e in self.index.values()]
+
+    def take_bad(self) -> list[dict[str, Any]]:
+        """Chunks found bad since the last call: [{chunk_id, version, problem}]."""
+        bad, self._bad = self._bad, []
+        return bad
+
+    def return_bad(self, bad: list[dict[str, Any]]) -> None:
+        """Put back what `take_bad` gave when it could not be delivered."""
+        self._bad[:0] = bad
+
+    def _check_space(self, chunk_id: int, growth: int, root: Path) -> None:
+        if growth <= 0:
+            return
+        if self._capacity is not None and self.used + self._reserved + growth > self._capacity:
+            raise DfsError(errno.ENOSPC, f"chunk {chunk_id}: no space: {growth} more bytes would exceed "
+                           f"the capacity of {self._capacity} bytes ({self.used} used)")
+        if growth > self._free_of(root) - self._reserved:
+            raise DfsError(errno.ENOSPC, f"chunk {chunk_id}: no space left on {root}")
+
+    def _pick_dir(self) -> Path:
+        if len(self.dirs) == 1:
+            return self.dirs[0]
+        return max(self.dirs, key=self._free_of)
+
+    # ---- per-chunk serialization
+
+    @contextlib.asynccontextmanager
+    async def _locked(self, chunk_id: int) -> AsyncIterator[None]:
+        slot = self._locks.get(chunk_id)
+        if slot is None:
+            slot = self._locks[chunk_id] = [asyncio.Lock(), 0]
+        slot[1] += 1
+        try:
+            async with slot[0]:
+                yield
+        finally:
+            slot[1] -= 1
+            if slot[1] == 0:
+                del self._locks[chunk_id]
+
+    def _get(self, chunk_id: int) -> Entry:
+        entry = self.index.get(chunk_id)
+        if entry is None:
+            raise DfsError(errno.ENOENT, f"chunk {chunk_id}: no such chunk")
+        return entry
+
+    # ---- write
+
+    @contextlib.asynccontextmanager
+    async def writer(self, chunk_id: int, version: int, offset: int, length: int, *,
+                     sync: bool = False) -> AsyncIterator[ChunkWriter]:
+        """Write `length` bytes at `offset`: feed them to the writer, then `commit()` it.
+
+        Checks the version and space first (ESTALE, ENOSPC), marks the chunk pending at `version`
+        before anything is written. Leaving the block without a commit (an error, a short body)
+        leaves the chunk pending, with digests that match what was written.
+        """
+        _check_id(chunk_id, version)
+        if offset < 0 or length < 0:
+            raise DfsError(errno.EINVAL, f"chunk {chunk_id}: negative offset or length")
+        async with self._locked(chunk_id):
+            entry = self.index.get(chunk_id)
+            if entry is not None and entry.version > version:
+                raise DfsError(errno.ESTALE, f"chunk {chunk_id}: have v{entry.version}, newer than v{version}")
+            old_length = entry.length if entry is not None else 0
+            new_length = max(old_length, offset + length) if length else old_length
+            root = entry.root if entry is not None else self._pick_dir()
+            growth = new_length - old_length
+            self._check_space(chunk_id, growth, root)
+            self._reserved += growth
+            try:
+                was_pending = entry is not None and entry.pending
+                fd, digests = await diskio.run(_begin_write, root, chunk_id, version, old_length, offset,
+                                               entry is not None, sync)
+                if entry is None:
+                    entry = self.index[chunk_id] = Entry(chunk_id, root, version, 0, True)
+                entry.version, entry.pending, entry.writing = version, True, True
+                entry.generation += 1
+                writer = ChunkWriter(entry, fd, digests, offset, length, old_length, was_pending, sync)
+                try:
+                    yield writer
+                finally:
+                    try:
+                        await writer.close()
+                    finally:
+                        if not writer.committed:
+                            log.warning("chunk %d v%d: write broke off after %d of %d bytes; left pending",
+                                        chunk_id, version, writer.received, length)
+                        final_length = writer.final_length()
+                        self.used += final_length - entry.length
+                        entry.length = final_length
+                        entry.pending = not writer.committed
+                        entry.writing = False
+                        entry.generation += 1
+            finally:
+                self._reserved -= growth
+
+    async def write(self, chunk_id: int, version: int, offset: int, length: int,
+                    slices: AsyncIterable[Buffer], *, sync: bool = False) -> int:
+        """Write a stream of `length` bytes at `offset`; returns the chunk's data length after it."""
+        async with self.writer(chunk_id, version, offset, length, sync=sync) as writer:
+            async for piece in slices:
+                await writer.feed(piece)
+            await writer.commit()
+        return self.index[chunk_id].length
+
+    # ---- read
+
+    async def _readable(self, chunk_id: int, version: int) -> Entry:
+        _check_id(chunk_id, version)
+        entry = self._get(chunk_id)
+        if entry.writing:  # wait for the write in progress, then look again
+            async with self._locked(chunk_id):
+                entry = self._get(chunk_id)
+        if entry.version != version:
+            raise DfsError(errno.ESTALE, f"chunk {chunk_id}: have v{entry.version}, not v{version}")
+        if entry.pending:
+            raise DfsError(errno.ESTALE, f"chunk {chunk_id} v{version}: unfinished write")
+        return entry
+
+    async def check_readable(self, chunk_id: int, version: int) -> dict[str, Any]:
+        """The chunk's report if a read at `version` would be served (ENOENT, ESTALE otherwise)."""
+        return (await self._readable(chunk_id, version)).report()
+
+    async def read(self, chunk_id: int, version: int, start: int, end: int) -> AsyncIterator[Buffer]:
+        """Bytes [start, end) of the chunk in slices of at most SLICE, every block verified first.
+
+        Past the data length reads zeros. ENOENT, ESTALE (other version, unfinished write), EBADMSG
+        (checksum mismatch: the chunk is quarantined), EAGAIN (a write changed it during the read).
+        Close the iterator (`contextlib.aclosing`) when stopping early.
+        """
+        if start < 0 or end < start:
+            raise DfsError(errno.EINVAL, f"chunk {chunk_id}: bad range {start}-{end}")
+        entry = await self._readable(chunk_id, version)
+        generation, length = entry.generation, entry.length
+        data_end = min(end, length)
+        pos = start
+        if pos < data_end:
+            try:
+                fd, digests = await diskio.run(_open_read, entry.root, chunk_id, version, length)
+            except ValueError as exc:
+                await self._corrupt(entry, generation, f"bad meta file: {exc}")
+            future: asyncio.Future[tuple[memoryview, int]] | None = None
+            try:
+                future = diskio.submit(_read_slice, fd, digests, pos, _slice_end(pos, data_end), length)
+                while future is not None:
+                    view, bad = await future
+                    nxt = _slice_end(pos, data_end)
+                    future = None
+                    if bad >= 0:
+                        await self._corrupt(entry, generation, f"block {bad} checksum mismatch")
+                    if nxt < data_end:
+                        future = diskio.submit(_read_slice, fd, digests, nxt, _slice_end(nxt, data_end), length)
+                    pos = nxt
+                    yield view
+            finally:
+                if future is not None and not future.done():
+                    future.add_done_callback(lambda _: os.close(fd))
+                else:
+                    os.close(fd)
+        pos = max(pos, data_end)
+        while pos < end:
+            n = min(SLICE, end - pos)
+            yield _ZEROS[:n]
+            pos += n
+
+    async def _corrupt(self, entry: Entry, generation: int, why: str) -> NoReturn:
+        """A read found `entry` bad: quarantine it unless a write changed it meanwhile (EAGAIN)."""
+        chunk_id, version = entry.chunk_id, entry.version
+        async with self._locked(chunk_id):
+            if self.index.get(chunk_id) is not entry or entry.generation != generation:
+                raise DfsError(errno.EAGAIN, f"chunk {chunk_id}: changed while being read")
+            await self._quarantine(entry, why)
+        raise DfsError(errno.EBADMSG, f"chunk {chunk_id} v{version}: {why} (replica quarantined)")
+
+    async def _quarantine(self, entry: Entry, why: str) -> None:
+        """Move a chunk's files to quarantine/ and report it bad; call with its lock held."""
+        if self.index.get(entry.chunk_id) is entry:
+            del self.index[entry.chunk_id]
+            self.used -= entry.length
+        entry.generation += 1
+        self._bad.append({"chunk_id": entry.chunk_id, "version": entry.version, "problem": "corrupt"})
+        await diskio.run(self._quarantine_entry_sync, entry, why)
+
+    async def quarantine(self, chunk_id: int, why: str) -> bool:
+        """Quarantine a chunk found bad elsewhere (e.g. by a scrubber); False if unknown."""
+        async with self._locked(chunk_id):
+            entry = self.index.get(chunk_id)
+            if entry is None:
+                return False
+            await self._quarantine(entry, why)
+            return True
+
+    # ---- other operations
+
+    async def truncate(self, chunk_id: int, version: int, length: int) -> dict[str, Any]:
+        """Set the data length (zero-filled when growing) and the version; ESTALE if ours is newer."""
+        _check_id(chunk_id, version)
+        if length < 0:
+            raise DfsError(errno.EINVAL, f"chunk {chunk_id}: negative length")
+        async with self._locked(chunk_id):
+            entry = self._get(chunk_id)
+            if entry.version > version:
+                raise DfsError(errno.ESTALE, f"chunk {chunk_id}: have v{entry.version}, newer than v{version}")
+            growth = length - entry.length
+            self._check_space(chunk_id, growth, entry.root)
+            await diskio.run(_truncate, entry, version, length)
+            self.used += length - entry.length
+            entry.version, entry.length = version, length
+            entry.generation += 1
+            log.info("chunk %d v%d truncated to %d bytes", chunk_id, version, length)
+            return {"chunk_id": chunk_id, "version": version, "length": length}
+
+    async def delete(self, chunk_id: int, version: int) -> bool:
+        """Delete the chunk if its version is <= `version`; True if it was deleted."""
+        _check_id(chunk_id, version)
+        async with self._locked(chunk_id):
+            entry = self.index.get(chunk_id)
+            if entry is None or entry.version > version:
+                return False
+            del self.index[chunk_id]
+            self.used -= entry.length
+            entry.generation += 1
+            await diskio.run(_remove, entry)
+            log.info("chunk %d v%d deleted", chunk_id, entry.version)
+            return True
+
+    async def info(self, chunk_id: int) -> dict[str, Any]:
+        """{chunk_id, version, length, pending, digest}; digest = chunk_digest of the block digests."""
+        _check_id(chunk_id, 1)
+        async with self._locked(chunk_id):
+            entry = self._get(chunk_id)
+            meta = await diskio.run(read_meta, chunk_paths(entry.root, chunk_id)[1])
+            return {**entry.report(), "digest": chunk_digest(meta.digests)}
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.report()
+
+
+def _check_id(chunk_id: int, version: int) -> None:
+    if not 0 < chunk_id <= MAX_ID:
+        raise DfsError(errno.EINVAL, f"bad chunk id {chunk_id}")
+    if not 0 < version <= MAX_ID:
+        raise DfsError(errno.EINVAL, f"chunk {chunk_id}: bad version {version}")
+
+
+def _slice_end(pos: int, end: int) -> int:
+    return min(end, (pos // SLICE + 1) * SLICE)
+
+
+# ---- disk work (runs on disk threads)
+
+
+def _begin_write(root: Path, chunk_id: int, version: int, old_length: int, offset: int, exists: bool,
+                 sync: bool) -> tuple[int, array]:
+    """Record version + pending in the meta, open the data file; returns (fd, digests)."""
+    data_path, meta_path = chunk_paths(root, chunk_id)
+    if exists:
+        meta = read_meta(meta_path)
+    else:
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        meta = Meta(version, 0, True, array("Q"))
+    meta.version, meta.pending = version, True
+    write_meta(meta_path, meta, sync=sync)
+    fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if offset > old_length and os.fstat(fd).st_size > old_length:
+            os.ftruncate(fd, old_length)  # bytes of a broken write must not show up in the gap
+    except OSError:
+        os.close(fd)
+        raise
+    return fd, meta.digests
+
+
+def _open_read(root: Path, chunk_id: int, version: int, length: int) -> tuple[int, array]:
+    data_path, meta_path = chunk_paths(root, chunk_id)
+    try:
+        meta = read_meta(meta_path)
+    except FileNotFoundError:
+        raise DfsError(errno.ENOENT, f"chunk {chunk_id}: no such chunk") from None
+    if meta.version != version or meta.length != length or meta.pending:
+        raise DfsError(errno.EAGAIN, f"chunk {chunk_id}: changed while being opened")
+    return os.open(data_path, os.O_RDONLY), meta.digests
+
+
+def _read_slice(fd: int, digests: array, start: int, end: int, length: int) -> tuple[memoryview, int]:
+    """Bytes [start, end) (end <= length) after verifying the blocks they lie in: (view, -1), or
+    (empty, index of the first bad block)."""
+    first = start - start % BLOCK_SIZE
+    last = min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, length)
+    data = memoryview(_pread_full(fd, last - first, first))
+    for pos in range(first, last, BLOCK_SIZE):
+        block = pos // BLOCK_SIZE
+        if block_digest(data[pos - first : min(pos + BLOCK_SIZE, last) - first]) != digests[block]:
+            return data[:0], block
+    return data[start - first : end - first], -1
+
+
+def _truncate(entry: Entry, version: int, length: int) -> None:
+    data_path, meta_path = chunk_paths(entry.root, entry.chunk_id)
+    meta = read_meta(meta_path)
+    old = meta.length
+    fd = os.open(data_path, os.O_RDWR)
+    try:
+        if length >= old:
+            os.ftruncate(fd, length)
+        count = nblocks(length)
+        del meta.digests[count:]
+        meta.digests.extend([0] * (count - len(meta.digests)))
+        for block in range(min(old, length) // BLOCK_SIZE, count):
+            pos = block * BLOCK_SIZE
+            if pos >= old and pos + BLOCK_SIZE <= length:
+                meta.digests[block] = ZERO_BLOCK_DIGEST
+            else:
+                meta.digests[block] = block_digest(_pread_full(fd, min(BLOCK_SIZE, length - pos), pos))
+        os.fdatasync(fd)
+        meta.version, meta.length = version, length
+        write_meta(meta_path, meta, sync=True)
+        if length < old:
+            os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
+
+
+def _remove(entry: Entry) -> None:
+    for path in chunk_paths(entry.root, entry.chunk_id):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+class ChunkWriter:
+    """Streams one write into a chunk file: copies incoming pieces into one of two SLICE buffers and
+    writes a full buffer on a disk thread while the other fills. Buffers end on block boundaries, so
+    the digests of whole blocks are taken from memory; partial blocks are re-read at the end."""
+
+    def __init__(self, entry: Entry, fd: int, digests: array, offset: int, length: int, old_length: int,
+                 was_pending: bool, sync: bool) -> None:
+        self.entry = entry
+        self._fd = fd
+        self._digests = digests
+        self._offset = offset
+        self._length = length
+        self._old_length = old_length
+        self._was_pending = was_pending
+        self._sync = sync
+        size = min(SLICE, (nblocks(length) + 1) * BLOCK_SIZE)  # small writes get small buffers
+        self._bufs = (bytearray(size), bytearray(size))
+        self._current = 0
+        self._pos = offset  # file offset of the current buffer's first byte
+        self._fill = 0
+        self._target = min(len(self._bufs[0]), SLICE - offset % BLOCK_SIZE)
+        self._received = 0
+        self._inflight: asyncio.Future[None] | None = None
+        self._computed: set[int] = set()
+        self._closed = False
+        self.committed = False
+        end_blocks = nblocks(offset + length)
+        if len(digests) < end_blocks:
+            digests.extend([0] * (end_blocks - len(digests)))
+
+    @property
+    def received(self) -> int:
+        return self._received
+
+    async def feed(self, data: Buffer) -> None:
+        """Take the next piece of the body (any size); EINVAL past the declared length."""
+        view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
+        size = len(view)
+        if self._received + size > self._length:
+            raise DfsError(errno.EINVAL, f"chunk {self.entry.chunk_id}: body longer than {self._length} bytes")
+        done = 0
+        while done < size:
+            n = min(size - done, self._target - self._fill)
+            self._bufs[self._current][self._fill : self._fill + n] = view[done : done + n]
+            self._fill += n
+            done += n
+            self._received += n
+            if self._fill == self._target:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            await inflight
+        if self._fill == 0:
+            return
+        buf = self._bufs[self._current]
+        self._inflight = diskio.submit(self._write_sync, buf, self._pos, self._fill)
+        self._current ^= 1
+        self._pos += self._fill
+        self._fill = 0
+        self._target = len(self._bufs[self._current])
+
+    def _write_sync(self, buf: bytearray, pos: int, size: int) -> None:
+        view = memoryview(buf)[:size]
+        _pwrite_all(self._fd, view, pos)
+        block = nblocks(pos)
+        while (block + 1) * BLOCK_SIZE <= pos + size:
+            start = block * BLOCK_SIZE - pos
+            self._digests[block] = block_digest(view[start : start + BLOCK_SIZE])
+            self._computed.add(block)
+            block += 1
+
+    async def commit(self) -> None:
+        """Finish a write whose whole body was fed: digests, sync, meta without the pending flag."""
+        if self._received != self._length:
+            raise DfsError(errno.EINVAL, f"chunk {self.entry.chunk_id}: body shorter than {self._length} bytes")
+        await self._finish(complete=True)
+        self.committed = True
+
+    async def close(self) -> None:
+        """Release the file; if not committed, save what was written as pending."""
+        if not self._closed:
+            try:
+                await self._finish(complete=False)
+            except Exception:
+                log.exception("chunk %d v%d: cannot save a broken-off write", self.entry.chunk_id,
+                              self.entry.version)
+            finally:
+                if not self._closed:
+                    self._closed = True
+                    with contextlib.suppress(OSError):
+                        os.close(self._fd)
+
+    def final_length(self) -> int:
+        """The chunk's data length once this write (or the part of it received) is on disk."""
+        end = self._offset + self._received
+        return max(self._old_length, end) if self._received else self._old_length
+
+    async def _finish(self, *, complete: bool) -> None:
+        try:
+            await self._flush()
+            if self._inflight is not None:
+                inflight, self._inflight = self._inflight, None
+                await inflight
+            await diskio.run(self._finish_sync, complete)
+        except BaseException:
+            if self._inflight is not None:  # let the disk thread finish before the fd goes away
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(self._inflight)
+            raise
+
+    def _finish_sync(self, complete: bool) -> None:
+        entry, fd = self.entry, self._fd
+        length = self.final_length()
+        try:
+            size = os.fstat(fd).st_size
+            if size != length:
+                os.ftruncate(fd, length)
+            count = nblocks(length)
+            digests = self._digests
+            del digests[count:]
+            if self._was_pending:  # digests may not match the data after a crash: take them all again
+                dirty = range(count)
+                self._computed.clear()
+            elif self._received:
+                end = nblocks(self._offset + self._received)
+                dirty = range(min(self._offset, self._old_length) // BLOCK_SIZE, min(end, count))
+            else:
+                dirty = range(0)
+            for block in dirty:
+                if block in self._computed:
+                    continue
+                pos = block * BLOCK_SIZE
+                if pos >= self._old_length and pos + BLOCK_SIZE <= min(self._offset, length):
+                    digests[block] = ZERO_BLOCK_DIGEST  # wholly inside a zero-filled gap
+                else:
+                    digests[block] = block_digest(_pread_full(fd, min(BLOCK_SIZE, length - pos), pos))
+            if complete and self._sync:
+                os.fdatasync(fd)
+            meta = Meta(entry.version, length, not complete, digests)
+            write_meta(chunk_paths(entry.root, entry.chunk_id)[1], meta, sync=self._sync)
+        finally:
+            self._closed = True
+            os.close(fd)

@@ -1,0 +1,307 @@
+"""The chunk store on its own, over temporary data dirs (chunkserver/store.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import random
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chunkserver.store import BLOCK_SIZE, FLAG_PENDING, HEADER, ChunkStore, chunk_paths, read_meta
+from dfs.checksum import chunk_digest, digests_of
+from dfs.errors import DfsError
+
+MiB = 1024 * 1024
+
+
+async def pieces(data: bytes, size: int = 100_000) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def read_all(store: ChunkStore, chunk_id: int, version: int, start: int, end: int) -> bytes:
+    out = bytearray()
+    async for piece in store.read(chunk_id, version, start, end):
+        out += piece
+    return bytes(out)
+
+
+async def opened(tmp_path: Path, dirs: int = 1, capacity: int | None = None) -> ChunkStore:
+    store = ChunkStore([tmp_path / f"d{i}" for i in range(dirs)], capacity)
+    await store.open()
+    return store
+
+
+async def write(store: ChunkStore, chunk_id: int, version: int, offset: int, data: bytes, **kw: bool) -> int:
+    return await store.write(chunk_id, version, offset, len(data), pieces(data), **kw)
+
+
+def expect_digests_match(store: ChunkStore, chunk_id: int, model: bytes) -> None:
+    """The meta on disk describes exactly `model` (a full independent re-check of the digests)."""
+    entry = store.index[chunk_id]
+    data_path, meta_path = chunk_paths(entry.root, chunk_id)
+    meta = read_meta(meta_path)
+    assert meta.length == len(model) == entry.length
+    assert data_path.read_bytes()[: len(model)] == model
+    assert list(meta.digests) == digests_of(model)
+
+
+async def test_round_trip_and_info(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    data = random.randbytes(3 * MiB + 12345)
+    assert await write(store, 7, 1, 0, data, sync=True) == len(data)
+    assert await read_all(store, 7, 1, 0, len(data)) == data
+    assert await read_all(store, 7, 1, 1000, 2 * MiB + 5) == data[1000 : 2 * MiB + 5]
+    # past the data length reads zeros, up to whatever end the caller asks (the chunk size)
+    assert await read_all(store, 7, 1, len(data) - 10, 4 * MiB) == data[-10:] + bytes(4 * MiB - len(data))
+    info = await store.info(7)
+    assert info == {"chunk_id": 7, "version": 1, "length": len(data), "pending": False,
+                    "digest": chunk_digest(digests_of(data))}
+    expect_digests_match(store, 7, data)
+    assert store.used == len(data)
+    assert store.list() == [{"chunk_id": 7, "version": 1, "length": len(data), "pending": False}]
+    data_path, meta_path = chunk_paths(tmp_path / "d0", 7)
+    assert data_path.parent.name == "07" and meta_path.name == "7.meta"
+
+
+@pytest.mark.parametrize(("offset", "size"), [
+    (100, 10),  # inside one block
+    (BLOCK_SIZE - 5, 10),  # across a block boundary
+    (BLOCK_SIZE, BLOCK_SIZE),  # exactly one block
+    (3 * BLOCK_SIZE + 7, 2 * MiB),  # many blocks, unaligned, beyond the old end
+    (MiB - 3, 6),  # across a slice boundary
+    (0, 3 * MiB),  # everything
+])
+async def test_overwrite(tmp_path: Path, offset: int, size: int) -> None:
+    store = await opened(tmp_path)
+    model = bytearray(random.randbytes(2 * MiB + 999))
+    await write(store, 1, 1, 0, bytes(model))
+    patch = random.randbytes(size)
+    await write(store, 1, 2, offset, patch)
+    model[offset : offset + size] = patch
+    assert await read_all(store, 1, 2, 0, len(model)) == model
+    expect_digests_match(store, 1, bytes(model))
+
+
+async def test_sparse_gap_is_zero_filled(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    await write(store, 2, 1, 0, b"a" * 100)
+    await write(store, 2, 1, 5 * BLOCK_SIZE + 3, b"b" * 10)
+    model = b"a" * 100 + bytes(5 * BLOCK_SIZE + 3 - 100) + b"b" * 10
+    assert await read_all(store, 2, 1, 0, len(model)) == model
+    expect_digests_match(store, 2, model)
+    # a new chunk written far from its start
+    await write(store, 3, 1, MiB + 1, b"xyz")
+    assert await read_all(store, 3, 1, 0, MiB + 4) == bytes(MiB + 1) + b"xyz"
+    expect_digests_match(store, 3, bytes(MiB + 1) + b"xyz")
+
+
+async def test_truncate_down_and_up(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    data = random.randbytes(MiB + 500)
+    await write(store, 4, 1, 0, data)
+    assert await store.truncate(4, 2, 70_000) == {"chunk_id": 4, "version": 2, "length": 70_000}
+    assert store.used == 70_000
+    expect_digests_match(store, 4, data[:70_000])
+    assert await store.truncate(4, 3, 300_000) == {"chunk_id": 4, "version": 3, "length": 300_000}
+    model = data[:70_000] + bytes(230_000)
+    expect_digests_match(store, 4, model)
+    assert await read_all(store, 4, 3, 0, MiB) == model + bytes(MiB - 300_000)
+    with pytest.raises(DfsError) as exc:
+        await store.truncate(4, 2, 10)
+    assert exc.value.errno == errno.ESTALE
+    with pytest.raises(DfsError) as exc:
+        await store.truncate(99, 1, 10)
+    assert exc.value.errno == errno.ENOENT
+
+
+async def test_version_rules(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    await write(store, 5, 3, 0, b"hello")
+    with pytest.raises(DfsError) as exc:  # older version than ours
+        await write(store, 5, 2, 0, b"x")
+    assert exc.value.errno == errno.ESTALE
+    for version in (2, 4):  # reading another version than ours
+        with pytest.raises(DfsError) as exc:
+            await read_all(store, 5, version, 0, 5)
+        assert exc.value.errno == errno.ESTALE
+    with pytest.raises(DfsError) as exc:
+        await read_all(store, 6, 1, 0, 5)
+    assert exc.value.errno == errno.ENOENT
+    await write(store, 5, 4, 0, b"J")  # a newer version takes over
+    assert await read_all(store, 5, 4, 0, 5) == b"Jello"
+
+    # a write that breaks off leaves the chunk pending: reads refuse it, the report says so
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"12"
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await store.write(5, 5, 0, 4, broken())
+    assert store.index[5].pending and store.index[5].version == 5
+    header = HEADER.unpack(chunk_paths(store.index[5].root, 5)[1].read_bytes()[: HEADER.size])
+    assert header[2] & FLAG_PENDING and header[4] == 5
+    with pytest.raises(DfsError) as exc:
+        await read_all(store, 5, 5, 0, 5)
+    assert exc.value.errno == errno.ESTALE
+    assert store.report() == [{"chunk_id": 5, "version": 5, "length": 5, "pending": True}]
+    expect_digests_match(store, 5, b"12llo")  # the meta still matches what was written
+    # a completed write at a newer version clears it
+    await write(store, 5, 6, 2, b"34")
+    assert await read_all(store, 5, 6, 0, 5) == b"1234o"
+    assert not store.index[5].pending
+
+    # delete only up to the given version
+    assert not await store.delete(5, 5)
+    assert await store.delete(5, 6)
+    assert not await store.delete(5, 6)
+    assert store.used == 0 and not chunk_paths(tmp_path / "d0", 5)[0].exists()
+
+
+async def test_pending_set_before_first_byte(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    await write(store, 8, 1, 0, b"abc")
+    meta_path = chunk_paths(tmp_path / "d0", 8)[1]
+    seen = []
+
+    async def watched() -> AsyncIterator[bytes]:
+        seen.append(read_meta(meta_path, header_only=True))
+        yield b"xyz"
+
+    await store.write(8, 2, 0, 3, watched())
+    assert seen[0].pending and seen[0].version == 2
+    assert not read_meta(meta_path).pending
+
+
+async def test_checksum_mismatch_quarantines(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    data = random.randbytes(MiB)
+    await write(store, 9, 1, 0, data)
+    data_path, meta_path = chunk_paths(tmp_path / "d0", 9)
+    with open(data_path, "r+b") as f:  # flip one byte in block 5
+        f.seek(5 * BLOCK_SIZE + 17)
+        byte = f.read(1)
+        f.seek(5 * BLOCK_SIZE + 17)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    # a read of blocks before the bad one is fine
+    assert await read_all(store, 9, 1, 0, 5 * BLOCK_SIZE) == data[: 5 * BLOCK_SIZE]
+    with pytest.raises(DfsError) as exc:
+        await read_all(store, 9, 1, 0, MiB)
+    assert exc.value.errno == errno.EBADMSG
+    assert 9 not in store.index and store.used == 0
+    assert not data_path.exists() and not meta_path.exists()
+    assert len(os.listdir(tmp_path / "d0" / "quarantine")) == 2
+    assert store.take_bad() == [{"chunk_id": 9, "version": 1, "problem": "corrupt"}]
+    assert store.take_bad() == []
+    with pytest.raises(DfsError) as exc:
+        await read_all(store, 9, 1, 0, 10)
+    assert exc.value.errno == errno.ENOENT
+
+
+async def test_capacity(tmp_path: Path) -> None:
+    store = await opened(tmp_path, capacity=MiB)
+    await write(store, 10, 1, 0, bytes(MiB - 10))
+    with pytest.raises(DfsError) as exc:
+        await write(store, 11, 1, 0, bytes(11))
+    assert exc.value.errno == errno.ENOSPC
+    assert 11 not in store.index and not chunk_paths(tmp_path / "d0", 11)[1].exists()
+    with pytest.raises(DfsError) as exc:  # growing an existing chunk counts too
+        await write(store, 10, 1, MiB - 10, bytes(11))
+    assert exc.value.errno == errno.ENOSPC
+    with pytest.raises(DfsError) as exc:
+        await store.truncate(10, 1, MiB + 1)
+    assert exc.value.errno == errno.ENOSPC
+    await write(store, 10, 1, 0, b"x" * 1000)  # overwriting needs no room
+    await write(store, 12, 1, 0, bytes(10))
+    usage = store.usage()
+    assert usage["capacity"] == MiB and usage["used"] == MiB and usage["free"] == 0
+
+
+async def test_restart_rebuilds_index(tmp_path: Path) -> None:
+    store = await opened(tmp_path, dirs=2)
+    model = {}
+    for chunk_id in range(1, 40):
+        model[chunk_id] = random.randbytes(random.randrange(0, 200_000))
+        await write(store, chunk_id, chunk_id % 3 + 1, 0, model[chunk_id])
+    roots = {e.root for e in store.index.values()}
+    assert len(roots) >= 1
+    report = sorted(store.report(), key=lambda r: r["chunk_id"])
+    # garbage of all kinds in a data dir
+    sub = tmp_path / "d0" / "chunks"
+    (sub / "zz").mkdir()
+    (sub / "05" / "junk.txt").write_text("junk")
+    (sub / "06" / "262.meta").write_bytes(b"DFSC not a header")
+    (sub / "06" / "262.chunk").write_bytes(b"data")
+    (sub / "07" / "519.chunk").write_bytes(b"orphan")
+    (sub / "08" / "8.meta.tmp").write_bytes(b"half written")
+    again = await opened(tmp_path, dirs=2)
+    assert sorted(again.report(), key=lambda r: r["chunk_id"]) == report
+    assert again.used == sum(len(d) for d in model.values())
+    for chunk_id, data in model.items():
+        assert await read_all(again, chunk_id, chunk_id % 3 + 1, 0, len(data)) == data
+    assert {b["chunk_id"] for b in again.take_bad()} == {262, 519}
+    assert not (sub / "08" / "8.meta.tmp").exists()
+    assert len(os.listdir(tmp_path / "d0" / "quarantine")) == 5
+
+
+async def test_new_chunks_spread_over_dirs(tmp_path: Path) -> None:
+    store = await opened(tmp_path, dirs=2)
+    await write(store, 1, 1, 0, b"x")
+    assert store.index[1].root in store.dirs
+    assert store.usage()["used"] == 1
+
+
+async def test_concurrent_writes_to_one_chunk_serialize(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    blobs = [bytes([i]) * (MiB // 2) for i in range(1, 5)]
+    await asyncio.gather(*(write(store, 1, 1, i * MiB // 4, blob) for i, blob in enumerate(blobs)))
+    data = await read_all(store, 1, 1, 0, store.index[1].length)
+    assert len(data) == MiB // 4 * 3 + MiB // 2
+    expect_digests_match(store, 1, data)
+
+
+async def test_read_waits_for_write_in_progress(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    await write(store, 1, 1, 0, b"a" * 1000)
+    release = asyncio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"b" * 500
+        await release.wait()
+        yield b"b" * 500
+
+    writing = asyncio.create_task(store.write(1, 2, 0, 1000, slow()))
+    await asyncio.sleep(0.05)
+    assert store.index[1].writing and store.index[1].pending
+    reading = asyncio.create_task(read_all(store, 1, 2, 0, 1000))
+    await asyncio.sleep(0.05)
+    assert not reading.done()
+    release.set()
+    await writing
+    assert await reading == b"b" * 1000
+
+
+async def test_crash_mid_write_is_recovered_by_next_write(tmp_path: Path) -> None:
+    store = await opened(tmp_path)
+    data = bytearray(random.randbytes(MiB))
+    await write(store, 3, 1, 0, bytes(data))
+    data_path, meta_path = chunk_paths(tmp_path / "d0", 3)
+    # as a crash would leave it: pending meta with the old digests, some new bytes on disk
+    raw = bytearray(meta_path.read_bytes())
+    raw[6] |= FLAG_PENDING
+    raw[12:20] = (2).to_bytes(8, "little")
+    meta_path.write_bytes(bytes(raw))
+    with open(data_path, "r+b") as f:
+        f.seek(700_000)
+        f.write(b"N" * 1000)
+    data[700_000:701_000] = b"N" * 1000
+    again = await opened(tmp_path)
+    assert again.report() == [{"chunk_id": 3, "version": 2, "length": MiB, "pending": True}]
+    await write(again, 3, 3, 0, b"new")  # completes at a newer version: every digest is taken again
+    data[:3] = b"new"
+    assert await read_all(again, 3, 3, 0, MiB) == data
+    expect_digests_match(again, 3, bytes(data))
