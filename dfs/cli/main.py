@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from dfs import __version__
+from dfs.cli.devcluster import dev_cluster_command
+from dfs.cli.files import FILE_COMMANDS
 from dfs.cli.servers import chunkserver_command, gateway_command, master_command
 
 
@@ -17,6 +19,9 @@ def cli() -> None:
 cli.add_command(master_command)
 cli.add_command(chunkserver_command)
 cli.add_command(gateway_command)
+cli.add_command(dev_cluster_command)
+for command in FILE_COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

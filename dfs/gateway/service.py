@@ -1,0 +1,10 @@
+"""`dfs gateway`: serve the HTTP file API until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+from dfs.gateway.app import create_app
+from dfs.web import serve
+
+
+async def run_gateway(master_url: str, host: str, port: int, *, max_upload: int) -> None:
+    await serve(create_app(master_url, max_upload), host, port, name="gateway")

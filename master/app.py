@@ -1,0 +1,340 @@
+"""The master's HTTP face: `POST /api/<op>` for every operation of docs/PROTOCOL.md, `GET /api/status`.
+
+Handlers only read and check the request, call the domain modules and shape the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from dfs.errors import DfsError
+from dfs.names import PATH_MAX
+from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
+from dfs.web import Params, add_health, error_middleware, read_json
+from master.config import MasterConfig
+from master.db import Database
+from master.leases import LeaseTable
+from master.namespace import Namespace, attr_json
+from master.placement import Placement
+from master.servers import Registry
+from master.xattrs import XATTR_SIZE_MAX, Xattrs
+
+log = logging.getLogger("master.app")
+
+INT64_MAX = 2**63 - 1
+UID_MAX = 2**32 - 1
+#: A chunk report lists every chunk of a server: allow far more than an ordinary JSON body.
+MAX_REGISTER_BODY = 256 * 1024 * 1024
+MAX_REPORTED_CHUNKS = 10_000_000
+#: Chunkserver calls made by the master (truncates) give up after this long.
+CHUNKSERVER_TIMEOUT = 5.0
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class Master:
+    config: MasterConfig
+    db: Database
+    registry: Registry
+    leases: LeaseTable
+    namespace: Namespace
+    placement: Placement
+    xattrs: Xattrs
+
+
+CONFIG_KEY = web.AppKey("config", MasterConfig)
+MASTER_KEY = web.AppKey("master", Master)
+
+Op = Callable[[Master, Params], Awaitable[dict[str, Any]]]
+
+
+# -- field readers --------------------------------------------------------------------------------
+
+def _inode(p: Params, key: str = "inode") -> int:
+    return int(p.int(key, minimum=1, maximum=INT64_MAX))
+
+
+def _name(p: Params, key: str = "name") -> str:
+    return str(p.str(key, max_length=1024))
+
+
+def _id(p: Params, key: str) -> int:
+    return int(p.int(key, 0, minimum=0, maximum=UID_MAX))
+
+
+def _time(p: Params, key: str) -> int | None:
+    return p.int(key, None, minimum=-INT64_MAX - 1, maximum=INT64_MAX)
+
+
+def _client(p: Params) -> str:
+    client = str(p.str("client", max_length=256))
+    if not client:
+        raise DfsError(errno.EINVAL, "'client' cannot be empty")
+    return client
+
+
+def _b64(p: Params, key: str) -> bytes:
+    text = p.str(key, max_length=(XATTR_SIZE_MAX + 3) * 4 // 3 + 8)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise DfsError(errno.EINVAL, f"'{key}' is not valid base64") from None
+
+
+def _items(p: Params, key: str, max_items: int, default: Any = None) -> list[Params]:
+    items = p.list(key, [] if default is None else default, max_items=max_items)
+    if any(not isinstance(item, dict) for item in items):
+        raise DfsError(errno.EINVAL, f"'{key}' must be a list of objects")
+    return [Params(item) for item in items]
+
+
+# -- namespace ------------------------------------------------------------------------------------
+
+async def op_resolve(m: Master, p: Params) -> dict[str, Any]:
+    attr = await m.namespace.resolve(p.str("path", max_length=PATH_MAX * 4), bool(p.bool("follow", False)))
+    return {"attr": attr_json(attr)}
+
+
+async def op_lookup(m: Master, p: Params) -> dict[str, Any]:
+    return {"attr": attr_json(await m.namespace.lookup(_inode(p, "parent"), _name(p)))}
+
+
+async def op_getattr(m: Master, p: Params) -> dict[str, Any]:
+    return {"attr": attr_json(await m.namespace.getattr(_inode(p)))}
+
+
+async def op_setattr(m: Master, p: Params) -> dict[str, Any]:
+    attr = await m.namespace.setattr(
+        _inode(p), mode=p.int("mode", None, minimum=0, maximum=0o7777),
+        uid=p.int("uid", None, minimum=0, maximum=UID_MAX), gid=p.int("gid", None, minimum=0, maximum=UID_MAX),
+        size=p.int("size", None, minimum=0), atime_ns=_time(p, "atime_ns"), mtime_ns=_time(p, "mtime_ns"),
+    )
+    return {"attr": attr_json(attr)}
+
+
+async def op_mkdir(m: Master, p: Params) -> dict[str, Any]:
+    attr = await m.namespace.mkdir(_inode(p, "parent"), _name(p), p.int("mode", 0o755, minimum=0, maximum=0o177777),
+                                   _id(p, "uid"), _id(p, "gid"))
+    return {"attr": attr_json(attr)}
+
+
+async def op_create(m: Master, p: Params) -> dict[str, Any]:
+    attr, created = await m.namespace.create(
+        _inode(p, "parent"), _name(p), p.int("mode", 0o644, minimum=0, maximum=0o177777), _id(p, "uid"),
+        _id(p, "gid"), bool(p.bool("exclusive", False)), p.int("goal", None, minimum=1, maximum=MAX_GOAL),
+        p.int("rdev", 0, minimum=0, maximum=INT64_MAX),
+    )
+    return {"attr": attr_json(attr), "created": created}
+
+
+async def op_readdir(m: Master, p: Params) -> dict[str, Any]:
+    entries, after = await m.namespace.readdir(_inode(p), p.str("after", None, max_length=1024),
+                                               p.int("limit", 1000, minimum=1, maximum=10_000))
+    return {"entries": [{"name": name, "attr": attr_json(attr)} for name, attr in entries], "next": after}
+
+
+async def op_unlink(m: Master, p: Params) -> dict[str, Any]:
+    await m.namespace.unlink(_inode(p, "parent"), _name(p))
+    return {}
+
+
+async def op_rmdir(m: Master, p: Params) -> dict[str, Any]:
+    await m.namespace.rmdir(_inode(p, "parent"), _name(p))
+    return {}
+
+
+async def op_rename(m: Master, p: Params) -> dict[str, Any]:
+    await m.namespace.rename(_inode(p, "parent"), _name(p), _inode(p, "new_parent"), _name(p, "new_name"),
+                             noreplace=bool(p.bool("noreplace", False)), exchange=bool(p.bool("exchange", False)))
+    return {}
+
+
+async def op_link(m: Master, p: Params) -> dict[str, Any]:
+    attr = await m.namespace.link(_inode(p), _inode(p, "new_parent"), _name(p, "new_name"))
+    return {"attr": attr_json(attr)}
+
+
+async def op_symlink(m: Master, p: Params) -> dict[str, Any]:
+    attr = await m.namespace.symlink(_inode(p, "parent"), _name(p), p.str("target", max_length=PATH_MAX * 4),
+                                     _id(p, "uid"), _id(p, "gid"))
+    return {"attr": attr_json(attr)}
+
+
+async def op_readlink(m: Master, p: Params) -> dict[str, Any]:
+    return {"target": await m.namespace.readlink(_inode(p))}
+
+
+async def op_statfs(m: Master, p: Params) -> dict[str, Any]:
+    return await m.registry.statfs()
+
+
+async def op_getxattr(m: Master, p: Params) -> dict[str, Any]:
+    value = await m.xattrs.getxattr(_inode(p), _name(p))
+    return {"value_b64": base64.b64encode(value).decode("ascii")}
+
+
+async def op_setxattr(m: Master, p: Params) -> dict[str, Any]:
+    await m.xattrs.setxattr(_inode(p), _name(p), _b64(p, "value_b64"), p.int("flags", 0, minimum=0, maximum=3))
+    return {}
+
+
+async def op_listxattr(m: Master, p: Params) -> dict[str, Any]:
+    return {"names": await m.xattrs.listxattr(_inode(p))}
+
+
+async def op_removexattr(m: Master, p: Params) -> dict[str, Any]:
+    await m.xattrs.removexattr(_inode(p), _name(p))
+    return {}
+
+
+# -- placement ------------------------------------------------------------------------------------
+
+async def op_chunks(m: Master, p: Params) -> dict[str, Any]:
+    return await m.placement.chunks(_inode(p), p.int("first", 0, minimum=0, maximum=MAX_FILE_SIZE),
+                                    p.int("count", 1000, minimum=1, maximum=100_000))
+
+
+async def op_lease(m: Master, p: Params) -> dict[str, Any]:
+    return await m.placement.lease(_inode(p), p.int("index", minimum=0, maximum=MAX_FILE_SIZE), _client(p),
+                                   p.int_list("exclude", [], max_items=1000))
+
+
+async def op_commit(m: Master, p: Params) -> dict[str, Any]:
+    attr = await m.placement.commit(_inode(p), _client(p), p.int("size", None, minimum=0, maximum=INT64_MAX),
+                                    _time(p, "mtime_ns"), bool(p.bool("release", True)))
+    return {"attr": attr_json(attr)}
+
+
+async def op_report(m: Master, p: Params) -> dict[str, Any]:
+    await m.placement.report(_inode(p, "chunk_id"), _inode(p, "server_id"),
+                             p.int("version", minimum=0, maximum=INT64_MAX), p.str("problem", max_length=32))
+    return {}
+
+
+# -- chunkservers ---------------------------------------------------------------------------------
+
+def _url(p: Params) -> str:
+    url = str(p.str("url", max_length=2048)).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise DfsError(errno.EINVAL, f"'url' must be an http(s) URL: {url!r}")
+    return url
+
+
+def _space(p: Params) -> tuple[int, int, int]:
+    return tuple(p.int(k, minimum=0, maximum=INT64_MAX) for k in ("capacity", "used", "free"))  # type: ignore[return-value]
+
+
+async def op_register(m: Master, p: Params) -> dict[str, Any]:
+    uuid = str(p.str("uuid", max_length=128))
+    if not uuid:
+        raise DfsError(errno.EINVAL, "'uuid' cannot be empty")
+    report = [(_inode(c, "chunk_id"), int(c.int("version", minimum=0, maximum=INT64_MAX)),
+               bool(c.bool("pending", False))) for c in _items(p, "chunks", MAX_REPORTED_CHUNKS)]
+    return await m.registry.register(uuid, _url(p), *_space(p), report)
+
+
+async def op_heartbeat(m: Master, p: Params) -> dict[str, Any]:
+    bad = [(_inode(b, "chunk_id"), int(b.int("version", minimum=0, maximum=INT64_MAX)),
+            str(b.str("problem", "corrupt", max_length=32))) for b in _items(p, "bad", 100_000)]
+    return await m.registry.heartbeat(_inode(p, "server_id"), *_space(p), bad)
+
+
+OPS: dict[str, Op] = {
+    "resolve": op_resolve, "lookup": op_lookup, "getattr": op_getattr, "setattr": op_setattr,
+    "mkdir": op_mkdir, "create": op_create, "readdir": op_readdir, "unlink": op_unlink, "rmdir": op_rmdir,
+    "rename": op_rename, "link": op_link, "symlink": op_symlink, "readlink": op_readlink, "statfs": op_statfs,
+    "getxattr": op_getxattr, "setxattr": op_setxattr, "listxattr": op_listxattr, "removexattr": op_removexattr,
+    "chunks": op_chunks, "lease": op_lease, "commit": op_commit, "report": op_report,
+    "cs/register": op_register, "cs/heartbeat": op_heartbeat,
+}
+
+
+async def _read_large_json(request: web.Request, limit: int) -> Params:
+    """As `read_json`, for the one body that may be large: a full chunk report."""
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
+    try:
+        body = json.loads(raw) if raw else {}
+    except (ValueError, UnicodeDecodeError):
+        raise DfsError(errno.EINVAL, "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise DfsError(errno.EINVAL, "request body must be a JSON object")
+    return Params(body)
+
+
+def _handler(op: Op, large: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handle(request: web.Request) -> web.Response:
+        params = await (_read_large_json(request, MAX_REGISTER_BODY) if large else read_json(request))
+        return web.json_response(await op(request.app[MASTER_KEY], params))
+
+    return handle
+
+
+async def status(request: web.Request) -> web.Response:
+    m = request.app[MASTER_KEY]
+    servers = m.registry.summary()
+    return web.json_response({
+        "servers": servers, "servers_live": sum(1 for s in servers if s["state"] == "live"),
+        **await m.namespace.counts(), "leases": len(m.leases),
+        "chunk_size": m.config.chunk_size, "goal": m.config.goal,
+    })
+
+
+# -- lifecycle ------------------------------------------------------------------------------------
+
+async def _housekeeping(m: Master) -> None:
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+        try:
+            await m.registry.check_dead()
+            m.leases.expire()
+        except Exception:  # one failed round must not end the loop
+            log.exception("housekeeping failed")
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG_KEY]
+    db = Database(config.database_url)
+    await db.start(config.goal)
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHUNKSERVER_TIMEOUT))
+    try:
+        registry = Registry(db, config)
+        await registry.load()
+        leases = LeaseTable()
+        namespace = Namespace(db, config, registry, leases, lambda: session)
+        master = Master(config, db, registry, leases, namespace, Placement(db, config, registry, leases), Xattrs(db))
+        app[MASTER_KEY] = master
+        task = asyncio.create_task(_housekeeping(master))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        await session.close()
+        await db.close()
+
+
+def create_app(config: MasterConfig) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG_KEY] = config
+    app.cleanup_ctx.append(_resources)
+    for name, op in OPS.items():
+        app.router.add_post(f"/api/{name}", _handler(op, large=name == "cs/register"))
+    app.router.add_get("/api/status", status)
+    add_health(app, "master")
+    return app

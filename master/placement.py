@@ -1,0 +1,181 @@
+"""Data placement (docs/PROTOCOL.md "Master: data placement"): chunk locations, write leases,
+commits of a write's size, and reports of bad replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import stat
+import time
+from typing import Any
+
+from sqlalchemy import Connection, and_, insert, select, update
+
+from dfs.errors import DfsError
+from dfs.protocol import MAX_FILE_SIZE, Attr
+from master import garbage
+from master.config import MasterConfig
+from master.db import Database
+from master.leases import Grant, LeaseTable
+from master.namespace import get_inode, to_attr
+from master.schema import chunks, inodes, replicas
+from master.servers import BAD_PROBLEMS, Registry, ServerInfo, drop_bad
+
+log = logging.getLogger("master.placement")
+
+MAX_CHUNKS_PER_REQUEST = 100_000
+
+
+def _writable(row: Any) -> None:
+    if stat.S_ISDIR(row.mode):
+        raise DfsError(errno.EISDIR, f"inode {row.id} is a directory")
+    if not stat.S_ISREG(row.mode):
+        raise DfsError(errno.EINVAL, f"inode {row.id} is not a regular file")
+
+
+class Placement:
+    def __init__(self, db: Database, config: MasterConfig, registry: Registry, leases: LeaseTable) -> None:
+        self.db = db
+        self.config = config
+        self.registry = registry
+        self.leases = leases
+        self._lock = asyncio.Lock()  # one grant decision at a time
+
+    @staticmethod
+    def _by_load(live: dict[int, ServerInfo], ids: list[int]) -> list[ServerInfo]:
+        """Live servers among `ids`, least utilised first."""
+        return sorted((live[i] for i in ids if i in live), key=lambda s: (s.utilisation(), s.id))
+
+    def _live(self) -> dict[int, ServerInfo]:
+        return {s.id: s for s in self.registry.live()}
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    async def chunks(self, inode: int, first: int, count: int) -> dict[str, Any]:
+        def txn(conn: Connection) -> tuple[int, dict[int, tuple[int, int, list[int]]]]:
+            row = get_inode(conn, inode)
+            query = (select(chunks.c.idx, chunks.c.chunk_id, chunks.c.version, replicas.c.server_id)
+                     .select_from(chunks.outerjoin(replicas, and_(replicas.c.chunk_id == chunks.c.chunk_id,
+                                                                  replicas.c.version == chunks.c.version)))
+                     .where(chunks.c.inode == inode, chunks.c.idx >= first, chunks.c.idx < first + count)
+                     .order_by(chunks.c.idx))
+            slots: dict[int, tuple[int, int, list[int]]] = {}
+            for r in conn.execute(query):
+                slot = slots.setdefault(r.idx, (r.chunk_id, r.version, []))
+                if r.server_id is not None:
+                    slot[2].append(r.server_id)
+            return row.size, slots
+
+        size, slots = await self.db.run_read(txn, snapshot=False)
+        live = self._live()
+        locations = [
+            {"index": idx, "chunk_id": chunk_id, "version": version,
+             "servers": [{"id": s.id, "url": s.url} for s in self._by_load(live, ids)]}
+            for idx, (chunk_id, version, ids) in slots.items()
+        ]
+        return {"size": size, "chunk_size": self.config.chunk_size, "chunks": locations}
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    async def lease(self, inode: int, index: int, client: str, exclude: list[int]) -> dict[str, Any]:
+        if index * self.config.chunk_size >= MAX_FILE_SIZE:
+            raise DfsError(errno.EFBIG, f"chunk {index} lies past the largest file size {MAX_FILE_SIZE}")
+        async with self._lock:
+            held = self.leases.get(inode, index)
+            if held is not None:
+                if held.client != client:
+                    raise DfsError(errno.EBUSY, f"chunk {index} of inode {inode} is being written by another client")
+                if not exclude:
+                    held.expiry = time.monotonic() + self.config.lease_seconds
+                    return held.to_json(time.monotonic())
+            live = self._live()
+            grant, placed = await self.db.run_write(
+                lambda conn: self._grant(conn, inode, index, client, set(exclude), live))
+            for s in placed:  # counts until the server's next heartbeat tells its real usage
+                s.reserved += self.config.chunk_size
+            if placed:
+                log.info("chunk %d (inode %d slot %d) placed on servers %s", grant.chunk_id, inode, index,
+                         ",".join(str(s.id) for s in placed))
+            self.leases.put(grant)
+            return grant.to_json(time.monotonic())
+
+    def _grant(self, conn: Connection, inode: int, index: int, client: str, exclude: set[int],
+               live: dict[int, ServerInfo]) -> tuple[Grant, list[ServerInfo]]:
+        """Runs in the database's thread: reads `live`, changes nothing in memory."""
+        row = get_inode(conn, inode)
+        _writable(row)
+        wall = time.time()
+        chunk = (conn.execute(select(chunks.c.chunk_id, chunks.c.version)
+                              .where(chunks.c.inode == inode, chunks.c.idx == index))).first()
+        expiry = time.monotonic() + self.config.lease_seconds
+        if chunk is None:
+            chosen = self._new_chunk_servers(live, row.goal or self.config.goal, exclude)
+            result = conn.execute(insert(chunks).values(inode=inode, idx=index, version=1))
+            chunk_id = int(result.inserted_primary_key[0])
+            conn.execute(insert(replicas), [{"chunk_id": chunk_id, "server_id": s.id, "version": 1}
+                                            for s in chosen])
+            return Grant(client, inode, index, chunk_id, 1, [(s.id, s.url) for s in chosen], expiry), chosen
+
+        version = chunk.version + 1
+        current = [r.server_id for r in conn.execute(
+            select(replicas.c.server_id).where(replicas.c.chunk_id == chunk.chunk_id,
+                                         replicas.c.version == chunk.version))]
+        dropped = [(chunk.chunk_id, sid, chunk.version) for sid in current if sid in exclude]
+        if dropped:
+            garbage.drop_replicas(conn, dropped, wall)
+            log.info("chunk %d v%d: replicas on servers %s excluded by client", chunk.chunk_id, chunk.version,
+                     ",".join(str(sid) for _, sid, _ in dropped))
+        chosen = self._by_load(live, [sid for sid in current if sid not in exclude])
+        if not chosen:
+            raise DfsError(errno.EIO, f"chunk {chunk.chunk_id} (inode {inode} slot {index}) has no live replica")
+        conn.execute(update(chunks).where(chunks.c.chunk_id == chunk.chunk_id).values(version=version))
+        conn.execute(update(replicas).where(replicas.c.chunk_id == chunk.chunk_id,
+                                            replicas.c.server_id.in_([s.id for s in chosen]))
+                     .values(version=version))
+        return Grant(client, inode, index, chunk.chunk_id, version, [(s.id, s.url) for s in chosen], expiry), []
+
+    def _new_chunk_servers(self, live: dict[int, ServerInfo], goal: int, exclude: set[int]) -> list[ServerInfo]:
+        roomy = [s for s in live.values() if s.id not in exclude and s.free >= self.config.chunk_size]
+        if not roomy:
+            if not live:
+                raise DfsError(errno.ENOSPC, "no live chunkserver to place a new chunk on")
+            raise DfsError(errno.ENOSPC, f"no chunkserver has room for a new chunk ({len(live)} live, all full)")
+        roomy.sort(key=lambda s: (s.utilisation(), s.id))
+        return roomy[:goal]
+
+    # -- commits and reports --------------------------------------------------------------------
+
+    async def commit(self, inode: int, client: str, size: int | None, mtime_ns: int | None, release: bool) -> Attr:
+        """Record a finished write (size, mtime); without `size` only give the client's leases back."""
+        if size is None:
+            if release:
+                self.leases.release(inode, client)
+            return to_attr(await self.db.run_read(lambda conn: get_inode(conn, inode)))
+        if size > MAX_FILE_SIZE:
+            raise DfsError(errno.EFBIG, f"size {size} is larger than the limit {MAX_FILE_SIZE}")
+
+        def txn(conn: Connection) -> Attr:
+            row = get_inode(conn, inode)
+            _writable(row)
+            now = time.time_ns()
+            conn.execute(update(inodes).where(inodes.c.id == inode).values(
+          size=max(row.size, size), mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now))
+            return to_attr(get_inode(conn, inode))
+
+        attr = await self.db.run_write(txn)
+        if release:
+            self.leases.release(inode, client)
+        return attr
+
+    async def report(self, chunk_id: int, server_id: int, version: int, problem: str) -> None:
+        if problem not in BAD_PROBLEMS:
+            raise DfsError(errno.EINVAL, f"problem must be one of {', '.join(BAD_PROBLEMS)}")
+
+        def txn(conn: Connection) -> int:
+            return drop_bad(conn, [(chunk_id, server_id, version)], time.time())
+
+        if await self.db.run_write(txn):
+            log.warning("chunk %d v%d on chunkserver %d reported %s: replica dropped", chunk_id, version,
+                        server_id, problem)

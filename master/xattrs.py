@@ -1,0 +1,87 @@
+"""Extended attributes (getxattr/setxattr/listxattr/removexattr), each one transaction."""
+
+from __future__ import annotations
+
+import errno
+import time
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+
+from dfs.errors import DfsError
+from master.db import Database
+from master.namespace import get_inode
+from master.schema import inodes, xattrs
+
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 64 * 1024
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+
+
+class Xattrs:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @staticmethod
+    def _xattr_name(name: str) -> str:
+        if not name:
+            raise DfsError(errno.EINVAL, "an extended attribute name cannot be empty")
+        if "\0" in name:
+            raise DfsError(errno.EINVAL, "an extended attribute name may not contain NUL")
+        if len(name.encode("utf-8", "surrogateescape")) > XATTR_NAME_MAX:
+            raise DfsError(errno.ERANGE, f"extended attribute name longer than {XATTR_NAME_MAX} bytes")
+        return name
+
+    async def getxattr(self, inode: int, name: str) -> bytes:
+        self._xattr_name(name)
+
+        def txn(conn: Connection) -> bytes:
+            value = conn.scalar(select(xattrs.c.value).where(xattrs.c.inode == inode, xattrs.c.name == name))
+            if value is None:
+                get_inode(conn, inode)
+                raise DfsError(errno.ENODATA, f"inode {inode} has no extended attribute {name!r}")
+            return bytes(value)
+
+        return await self.db.run_read(txn, snapshot=False)
+
+    async def setxattr(self, inode: int, name: str, value: bytes, flags: int = 0) -> None:
+        self._xattr_name(name)
+        if len(value) > XATTR_SIZE_MAX:
+            raise DfsError(errno.E2BIG, f"extended attribute value larger than {XATTR_SIZE_MAX} bytes")
+        if flags not in (0, XATTR_CREATE, XATTR_REPLACE):
+            raise DfsError(errno.EINVAL, f"unknown setxattr flags {flags}")
+
+        def txn(conn: Connection) -> None:
+            get_inode(conn, inode)
+            where = (xattrs.c.inode == inode, xattrs.c.name == name)
+            exists = conn.scalar(select(func.count()).select_from(xattrs).where(*where))
+            if exists and flags == XATTR_CREATE:
+                raise DfsError(errno.EEXIST, f"inode {inode} already has extended attribute {name!r}")
+            if not exists and flags == XATTR_REPLACE:
+                raise DfsError(errno.ENODATA, f"inode {inode} has no extended attribute {name!r}")
+            if exists:
+                conn.execute(update(xattrs).where(*where).values(value=value))
+            else:
+                conn.execute(insert(xattrs).values(inode=inode, name=name, value=value))
+            conn.execute(update(inodes).where(inodes.c.id == inode).values(ctime_ns=time.time_ns()))
+
+        await self.db.run_write(txn)
+
+    async def listxattr(self, inode: int) -> list[str]:
+        def txn(conn: Connection) -> list[str]:
+            get_inode(conn, inode)
+            result = conn.execute(select(xattrs.c.name).where(xattrs.c.inode == inode).order_by(xattrs.c.name))
+            return [r[0] for r in result]
+
+        return await self.db.run_read(txn, snapshot=False)
+
+    async def removexattr(self, inode: int, name: str) -> None:
+        self._xattr_name(name)
+
+        def txn(conn: Connection) -> None:
+            get_inode(conn, inode)
+            result = conn.execute(delete(xattrs).where(xattrs.c.inode == inode, xattrs.c.name == name))
+            if not result.rowcount:
+                raise DfsError(errno.ENODATA, f"inode {inode} has no extended attribute {name!r}")
+            conn.execute(update(inodes).where(inodes.c.id == inode).values(ctime_ns=time.time_ns()))
+
+        await self.db.run_write(txn)
