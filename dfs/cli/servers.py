@@ -36,9 +36,8 @@ log_level_option = click.option(
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
                    dead_timeout: float, gc_grace: float, log_level: str) -> None:
     """Run the metadata master."""
-    from master.service import run_master
-
     from master.config import MasterConfig
+    from master.service import run_master
 
     if chunk_size < 64 * 1024 or chunk_size % (64 * 1024):
         raise click.BadParameter("must be a multiple of 64KiB", param_hint="--chunk-size")
@@ -62,9 +61,8 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
 def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tuple[str, int],
                         capacity: int | None, public_url: str | None, log_level: str) -> None:
     """Run a chunkserver that stores chunks in the --data folders."""
-    from chunkserver.service import run_chunkserver
-
     from chunkserver.config import ChunkserverConfig
+    from chunkserver.service import run_chunkserver
 
     setup_logging("chunkserver", log_level)
     config = ChunkserverConfig(data_dirs=list(data_dirs), master_url=master_url.rstrip("/"), host=listen[0],
