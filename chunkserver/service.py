@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,19 +9,14 @@ from aiohttp import web
 from chunkserver.app import CONFIG, LINK, SESSION, STORE, create_app
 from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import Heartbeat
-from dfs.web import serve
+from dfs.web import background, serve
 
 
 async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
     """Keep the server registered while the app runs (after the store and session are open)."""
     heartbeat = Heartbeat(app[CONFIG], app[STORE], app[SESSION], app[LINK])
-    task = asyncio.create_task(heartbeat.run(), name="heartbeat")
-    try:
+    async with background(heartbeat.run(), "heartbeat"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def build_app(config: ChunkserverConfig) -> web.Application:

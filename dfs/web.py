@@ -8,12 +8,13 @@ message, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -67,13 +68,13 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
-async def read_json(request: web.Request) -> Params:
-    """The request's JSON object body as `Params`; 400 for anything else."""
-    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise DfsError(errno.EFBIG, f"JSON body larger than {MAX_JSON_BODY} bytes")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
-        raise DfsError(errno.EFBIG, f"JSON body larger than {MAX_JSON_BODY} bytes")
+async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Params:
+    """The request's JSON object body as `Params`; 400 for anything else, 413 past `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
     if not raw:
         return Params({})
     try:
@@ -203,3 +204,15 @@ async def serve(app: web.Application, host: str, port: int, *, name: str) -> Non
     finally:
         log.info("%s stopping", name)
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def background(coro: Coroutine[Any, Any, Any], name: str) -> AsyncIterator[asyncio.Task]:
+    """Run `coro` as a task for the life of the block (e.g. a cleanup_ctx), then cancel and await it."""
+    task = asyncio.create_task(coro, name=name)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import errno
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from aiohttp import web
 from dfs.errors import DfsError
 from dfs.names import PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
-from dfs.web import Params, add_health, error_middleware, read_json
+from dfs.web import MAX_JSON_BODY, Params, add_health, background, error_middleware, read_json
 from master.config import MasterConfig
 from master.db import Database
 from master.leases import LeaseTable
@@ -261,23 +259,9 @@ OPS: dict[str, Op] = {
 }
 
 
-async def _read_large_json(request: web.Request, limit: int) -> Params:
-    """As `read_json`, for the one body that may be large: a full chunk report."""
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
-    try:
-        body = json.loads(raw) if raw else {}
-    except (ValueError, UnicodeDecodeError):
-        raise DfsError(errno.EINVAL, "request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise DfsError(errno.EINVAL, "request body must be a JSON object")
-    return Params(body)
-
-
 def _handler(op: Op, large: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        params = await (_read_large_json(request, MAX_REGISTER_BODY) if large else read_json(request))
+        params = await read_json(request, MAX_REGISTER_BODY if large else MAX_JSON_BODY)
         return web.json_response(await op(request.app[MASTER_KEY], params))
 
     return handle
@@ -317,13 +301,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         namespace = Namespace(db, config, registry, leases, lambda: session)
         master = Master(config, db, registry, leases, namespace, Placement(db, config, registry, leases), Xattrs(db))
         app[MASTER_KEY] = master
-        task = asyncio.create_task(_housekeeping(master))
-        try:
+        async with background(_housekeeping(master), "housekeeping"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
     finally:
         await session.close()
         await db.close()
