@@ -17,7 +17,7 @@ fuse3:
 	  else echo "fuse3 is missing: install it (apt-get install fuse3) for the mount"; fi; fi
 
 run: $(STAMP) fuse3
-	$(VENV)/bin/dfs dev-cluster --state .dfs-run
+	$(VENV)/bin/dfs dev-cluster --state .dfs-run --mount mnt
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -16,13 +16,14 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from chunkserver import replication
+from chunkserver import copier, replication
 from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import MasterLink
+from chunkserver.scrubber import Scrubber
 from chunkserver.store import MAX_ID, ChunkStore
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER
-from dfs.web import Params, add_health, error_middleware
+from dfs.web import Handler, Params, add_health, error_middleware, read_json
 
 log = logging.getLogger("chunkserver.app")
 
@@ -30,6 +31,27 @@ CONFIG = web.AppKey("config", ChunkserverConfig)
 STORE = web.AppKey("store", ChunkStore)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 LINK = web.AppKey("link", MasterLink)
+
+
+class Load:
+    """Requests being served right now (sent to the master in heartbeats as `load`)."""
+
+    def __init__(self) -> None:
+        self.active = 0
+
+
+LOAD = web.AppKey("load", Load)
+SCRUBBER = web.AppKey("scrubber", Scrubber)
+
+
+@web.middleware
+async def load_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    load = request.app[LOAD]
+    load.active += 1
+    try:
+        return await handler(request)
+    finally:
+        load.active -= 1
 
 _ID = re.compile(r"[0-9]{1,19}")
 _RANGE_NUMBER = re.compile(r"[0-9]{1,19}")
@@ -167,6 +189,32 @@ async def delete_chunk(request: web.Request) -> web.Response:
     return web.json_response({"deleted": await request.app[STORE].delete(chunk_id, version)})
 
 
+async def replicate_chunk(request: web.Request) -> web.Response:
+    """Pull the chunk from `source` (another chunkserver), verify it, install it (chunkserver/copier.py)."""
+    chunk_id = chunk_id_of(request)
+    chunk_size_of(request)
+    body = await read_json(request)
+    source = str(body.str("source", max_length=2048)).rstrip("/")
+    if not source.startswith(("http://", "https://")) or any(c.isspace() for c in source):
+        raise DfsError(errno.EINVAL, f"'source' must be an http(s) URL: {source!r}")
+    if source == request.app[CONFIG].url.rstrip("/"):
+        raise DfsError(errno.EINVAL, "'source' names this server")
+    version = body.int("version", minimum=1, maximum=MAX_ID)
+    rate = body.int("rate", 0, minimum=0, maximum=MAX_ID)
+    result = await copier.pull_chunk(request.app[STORE], request.app[SESSION], chunk_id, version, source,
+                                     rate or None)
+    return web.json_response(result)
+
+
+async def recover_chunk(request: web.Request) -> web.Response:
+    """Lease recovery: the chunk at version `from` (pending or not) becomes complete at version `to`."""
+    chunk_id = chunk_id_of(request)
+    query = Params(request.query)
+    source = query.int("from", minimum=1, maximum=MAX_ID)
+    target = query.int("to", minimum=1, maximum=MAX_ID)
+    return web.json_response(await request.app[STORE].recover(chunk_id, source, target))
+
+
 async def list_chunks(request: web.Request) -> web.Response:
     return web.json_response({"chunks": request.app[STORE].list()})
 
@@ -177,9 +225,10 @@ def create_app(config: ChunkserverConfig) -> web.Application:
     The heartbeat task is added by `chunkserver.service`; without it the server stays unregistered
     unless `app[LINK]` is filled in by hand (tests).
     """
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[error_middleware, load_middleware])
     app[CONFIG] = config
     app[LINK] = MasterLink()
+    app[LOAD] = Load()
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         store = ChunkStore(config.data_dirs, config.capacity)
@@ -197,6 +246,9 @@ def create_app(config: ChunkserverConfig) -> web.Application:
         extra: dict[str, object] = {"registered": link.chunk_size is not None, "server_id": link.server_id}
         if STORE in app:
             extra.update(app[STORE].usage(), chunks=len(app[STORE].index))
+        extra["load"] = app[LOAD].active
+        if SCRUBBER in app:
+            extra["scrub"] = app[SCRUBBER].status()
         return extra
 
     add_health(app, "chunkserver", health)
@@ -206,4 +258,6 @@ def create_app(config: ChunkserverConfig) -> web.Application:
     app.router.add_get("/chunks/{id}/info", chunk_info)
     app.router.add_post("/chunks/{id}/truncate", truncate_chunk)
     app.router.add_delete("/chunks/{id}", delete_chunk)
+    app.router.add_post("/chunks/{id}/replicate", replicate_chunk)
+    app.router.add_post("/chunks/{id}/recover", recover_chunk)
     return app

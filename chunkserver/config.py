@@ -16,6 +16,8 @@ class ChunkserverConfig:
     port: int = CHUNKSERVER_PORT
     capacity: int | None = None  # bytes offered; default: the size of the disks
     public_url: str | None = None  # URL given to the master; default http://host:port
+    scrub_rate: int = 50 * 1024 * 1024  # bytes per second the scrubber re-verifies; 0: no scrubbing
+    scrub_interval: float = 600.0  # seconds from the start of one scrub pass to the start of the next, at least
 
     @property
     def url(self) -> str:

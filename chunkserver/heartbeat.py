@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ log = logging.getLogger("chunkserver.heartbeat")
 
 IDENTITY_FILE = "server.json"
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30.0, sock_connect=5.0)
+GOODBYE_TIMEOUT = aiohttp.ClientTimeout(total=2.0)
 FIRST_RETRY = 0.2
 MAX_RETRY = 5.0
 
@@ -73,11 +75,12 @@ class Heartbeat:
     """Keeps this chunkserver registered with the master; run `run()` as a task."""
 
     def __init__(self, config: ChunkserverConfig, store: ChunkStore, session: aiohttp.ClientSession,
-                 link: MasterLink) -> None:
+                 link: MasterLink, load: Callable[[], int] | None = None) -> None:
         self.config = config
         self.store = store
         self.session = session
         self.link = link
+        self.load = load
         self.uuid: str | None = None
         self._failing = False
 
@@ -123,7 +126,8 @@ class Heartbeat:
     async def beat(self) -> bool:
         """One heartbeat; applies its reply. False when the master asks us to register again."""
         bad = self.store.take_bad()
-        body = {"server_id": self.link.server_id, **self.store.usage(), "bad": bad}
+        body = {"server_id": self.link.server_id, **self.store.usage(), "bad": bad,
+                "load": self.load() if self.load is not None else 0}
         try:
             reply = await self._post("heartbeat", body)
         except (aiohttp.ClientError, OSError, DfsError, ValueError) as exc:
@@ -149,6 +153,21 @@ class Heartbeat:
             return
         if not deleted:
             log.info("chunk %d v%d: garbage per the master, but not here or newer", chunk_id, version)
+
+    async def goodbye(self) -> None:
+        """Tell the master we stop on purpose (SIGTERM), so that it waits for our return for a while
+        (maintenance) instead of re-replicating everything we hold. Best effort: a crash says nothing."""
+        if self.link.server_id is None:
+            return
+        url = f"{self.config.master_url}/api/cs/goodbye"
+        try:
+            async with self.session.post(url, json={"server_id": self.link.server_id},
+                                         timeout=GOODBYE_TIMEOUT) as resp:
+                if resp.status != 200:
+                    raise DfsError.from_json(resp.status, await resp.json(content_type=None))
+            log.info("told the master at %s that we are stopping (maintenance)", self.config.master_url)
+        except (aiohttp.ClientError, OSError, DfsError, ValueError, TimeoutError) as exc:
+            log.warning("could not tell the master we are stopping: %s", _describe(exc))
 
     async def run(self) -> None:
         """Register, then beat forever (registering again whenever the master asks)."""

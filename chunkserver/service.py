@@ -6,21 +6,35 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from chunkserver.app import CONFIG, LINK, SESSION, STORE, create_app
+from chunkserver.app import CONFIG, LINK, LOAD, SCRUBBER, SESSION, STORE, create_app
 from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import Heartbeat
+from chunkserver.scrubber import Scrubber
 from dfs.web import background, serve
 
 
 async def heartbeat_ctx(app: web.Application) -> AsyncIterator[None]:
     """Keep the server registered while the app runs (after the store and session are open)."""
-    heartbeat = Heartbeat(app[CONFIG], app[STORE], app[SESSION], app[LINK])
+    heartbeat = Heartbeat(app[CONFIG], app[STORE], app[SESSION], app[LINK], load=lambda: app[LOAD].active)
     async with background(heartbeat.run(), "heartbeat"):
+        yield
+    await heartbeat.goodbye()  # a graceful stop: the master keeps our replicas for a restart
+
+
+async def scrubber_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Re-verify every chunk in the background at --scrub-rate (none at 0)."""
+    config = app[CONFIG]
+    if config.scrub_rate <= 0:
+        yield
+        return
+    scrubber = app[SCRUBBER] = Scrubber(app[STORE], config.scrub_rate, config.scrub_interval)
+    async with background(scrubber.run_forever(), "scrubber"):
         yield
 
 
 def build_app(config: ChunkserverConfig) -> web.Application:
     app = create_app(config)
+    app.cleanup_ctx.append(scrubber_ctx)
     app.cleanup_ctx.append(heartbeat_ctx)
     return app
 

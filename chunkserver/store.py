@@ -5,6 +5,7 @@ Layout of each data dir::
     DIR/chunks/XX/<id>.chunk      the chunk's bytes; XX = low byte of the id, two hex digits
     DIR/chunks/XX/<id>.meta       header and block digests (below)
     DIR/chunks/XX/<id>.meta.tmp   a meta file being replaced (write, fsync, rename); dropped at start
+    DIR/chunks/XX/<id>.chunk.<r>.copy.tmp  a replica being copied in from another server; dropped at start
     DIR/quarantine/               files found corrupt or not ours, kept for inspection
 
 Meta file ``<id>.meta``, little-endian::
@@ -46,7 +47,7 @@ import sys
 import time
 import uuid
 from array import array
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -547,6 +548,71 @@ class ChunkStore:
     def list(self) -> list[dict[str, Any]]:
         return self.report()
 
+    # ---- replication copies and lease recovery (chunkserver/copier.py, docs/PROTOCOL.md)
+
+    @contextlib.contextmanager
+    def reserve(self, chunk_id: int, length: int) -> Iterator[Path]:
+        """Room for a copy of `length` bytes (ENOSPC otherwise); yields the data dir it goes to."""
+        entry = self.index.get(chunk_id)
+        root = entry.root if entry is not None else self._pick_dir()
+        growth = length - (entry.length if entry is not None else 0)
+        self._check_space(chunk_id, growth, root)
+        self._reserved += max(0, growth)
+        try:
+            yield root
+        finally:
+            self._reserved -= max(0, growth)
+
+    @staticmethod
+    def copy_path(root: Path, chunk_id: int) -> Path:
+        """A fresh temp name for an incoming copy, beside the chunk's files (dropped at start if left)."""
+        data_path, _ = chunk_paths(root, chunk_id)
+        data_path.parent.mkdir(parents=True, exist_ok=True)
+        return data_path.with_name(f"{data_path.name}.{uuid.uuid4().hex[:8]}.copy.tmp")
+
+    async def install_copy(self, chunk_id: int, version: int, root: Path, tmp: Path, length: int,
+                           digests: array) -> dict[str, Any]:
+        """Install a verified, synced copy `tmp` as the chunk at `version` (replacing an older one).
+
+        Crash safety: the meta is first replaced by one that describes the new data but is marked
+        pending, then the data file is renamed into place, then the meta is replaced by the final
+        one. A crash in between leaves a pending replica (never served, reported as stale).
+        """
+        _check_id(chunk_id, version)
+        async with self._locked(chunk_id):
+            entry = self.index.get(chunk_id)
+            if entry is not None and (entry.version > version or entry.writing):
+                raise DfsError(errno.ESTALE, f"chunk {chunk_id}: have v{entry.version}, newer than the copy's "
+                               f"v{version} (or a write is in progress)")
+            if entry is not None and entry.root != root:
+                raise DfsError(errno.EAGAIN, f"chunk {chunk_id}: moved while being copied")
+            await diskio.run(_install, root, chunk_id, version, tmp, length, digests)
+            if entry is None:
+                entry = self.index[chunk_id] = Entry(chunk_id, root, version, 0, False)
+            self.used += length - entry.length
+            entry.version, entry.length, entry.pending = version, length, False
+            entry.generation += 1
+            log.info("chunk %d v%d installed from a verified copy (%d bytes)", chunk_id, version, length)
+            return entry.report()
+
+    async def recover(self, chunk_id: int, from_version: int, to_version: int) -> dict[str, Any]:
+        """Lease recovery: take the chunk at `from_version` (pending or not) as it is on disk, with every
+        digest taken again, as complete at `to_version`. ESTALE if the chunk is at another version."""
+        _check_id(chunk_id, to_version)
+        if to_version <= from_version:
+            raise DfsError(errno.EINVAL, f"chunk {chunk_id}: recovery must raise the version")
+        async with self._locked(chunk_id):
+            entry = self._get(chunk_id)
+            if entry.version != from_version:
+                raise DfsError(errno.ESTALE, f"chunk {chunk_id}: have v{entry.version}, not v{from_version}")
+            await diskio.run(_recover, entry, to_version)
+            was_pending = entry.pending
+            entry.version, entry.pending = to_version, False
+            entry.generation += 1
+            log.info("chunk %d recovered: v%d%s -> v%d (%d bytes)", chunk_id, from_version,
+                     " pending" if was_pending else "", to_version, entry.length)
+        return await self.info(chunk_id)
+
 
 def _check_id(chunk_id: int, version: int) -> None:
     if not 0 < chunk_id <= MAX_ID:
@@ -631,6 +697,32 @@ def _truncate(entry: Entry, version: int, length: int) -> None:
             os.ftruncate(fd, length)
     finally:
         os.close(fd)
+
+
+def _install(root: Path, chunk_id: int, version: int, tmp: Path, length: int, digests: array) -> None:
+    data_path, meta_path = chunk_paths(root, chunk_id)
+    write_meta(meta_path, Meta(version, length, True, digests), sync=True)
+    os.replace(tmp, data_path)
+    _fsync_dir(data_path.parent)
+    write_meta(meta_path, Meta(version, length, False, digests), sync=True)
+
+
+def _recover(entry: Entry, version: int) -> None:
+    """Digests of every block taken from the data, data synced, meta at `version` without the flag."""
+    data_path, meta_path = chunk_paths(entry.root, entry.chunk_id)
+    length = entry.length
+    digests = array("Q")
+    fd = os.open(data_path, os.O_RDWR)
+    try:
+        if os.fstat(fd).st_size != length:
+            os.ftruncate(fd, length)
+        for pos in range(0, length, SLICE):
+            data = memoryview(_pread_full(fd, min(SLICE, length - pos), pos))
+            digests.extend(block_digest(data[i : i + BLOCK_SIZE]) for i in range(0, len(data), BLOCK_SIZE))
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    write_meta(meta_path, Meta(version, length, False, digests), sync=True)
 
 
 def _remove(entry: Entry) -> None:

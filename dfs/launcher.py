@@ -117,6 +117,7 @@ class Cluster:
     base_port: int | None = None  # None: ephemeral ports (tests); else master, chunkservers from +1, gateway +80
     goal: int = 3
     master_args: list[str] = field(default_factory=list)
+    chunkserver_args: list[str] = field(default_factory=list)  # given to every chunkserver
     master: Service | None = None
     chunkservers: list[Service] = field(default_factory=list)
     gateway: Service | None = None
@@ -142,15 +143,17 @@ class Cluster:
         self.master.wait_healthy()
         return self.master
 
-    def add_chunkserver(self, capacity: str | None = None, start: bool = True) -> Service:
+    def add_chunkserver(self, capacity: str | None = None, start: bool = True,
+                        args: list[str] | None = None) -> Service:
         index = len(self.chunkservers)
         port = self._port(1 + index)
         data = self.root / f"cs{index}"
         data.mkdir(parents=True, exist_ok=True)
-        args = ["chunkserver", "--master", self.master_url, "--data", str(data), "--listen", f"127.0.0.1:{port}"]
+        argv = ["chunkserver", "--master", self.master_url, "--data", str(data), "--listen", f"127.0.0.1:{port}"]
         if capacity:
-            args += ["--capacity", capacity]
-        service = Service(f"chunkserver{index}", args, port, self.root / f"cs{index}.log")
+            argv += ["--capacity", capacity]
+        argv += [*self.chunkserver_args, *(args or [])]
+        service = Service(f"chunkserver{index}", argv, port, self.root / f"cs{index}.log")
         self.chunkservers.append(service)
         if start:
             service.start()
@@ -194,3 +197,64 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{s.log()}" for s in self.services())
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    target = str(mountpoint.resolve())
+    with open("/proc/mounts") as mounts:
+        return any(len(parts) > 1 and parts[1] == target for parts in (line.split() for line in mounts))
+
+
+@dataclass
+class Mount:
+    """A `dfs mount -f` process serving `mountpoint`; `stop()` unmounts, and kills if it must."""
+
+    master_url: str
+    mountpoint: Path
+    log_path: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = STARTUP_TIMEOUT) -> Mount:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "dfs", "mount", "-f", "--master", self.master_url, *self.args,
+                 str(self.mountpoint)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not is_mounted(self.mountpoint):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mount exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"{self.mountpoint} not mounted after {timeout}s:\n{self.log()}")
+            time.sleep(0.05)
+        return self
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if is_mounted(self.mountpoint):
+            done = subprocess.run(["fusermount3", "-u", str(self.mountpoint)], capture_output=True, check=False)
+            if done.returncode != 0:  # busy: detach now, the kernel finishes when the last user leaves
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, check=False)
+        if self.proc is None:
+            return
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        if is_mounted(self.mountpoint):  # the process died without unmounting
+            subprocess.run(["fusermount3", "-u", "-z", str(self.mountpoint)], capture_output=True, check=False)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None

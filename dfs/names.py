@@ -7,7 +7,11 @@ import errno
 from dfs.errors import DfsError
 
 NAME_MAX = 255  # bytes, UTF-8 encoded
-PATH_MAX = 4096
+PATH_MAX = 4096  # what one symlink target may hold, as on Linux
+#: The longest path the cluster resolves. Longer than PATH_MAX on purpose: a mount sees paths from
+#: its mount point, so a name the kernel accepted (at most PATH_MAX from the process's working
+#: folder) can be longer from the root of the cluster.
+CLUSTER_PATH_MAX = 16 * PATH_MAX
 
 
 def _encoded(name: str) -> bytes:
@@ -39,8 +43,8 @@ def split_path(path: object) -> list[str]:
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise DfsError(errno.EINVAL, f"a path must be absolute: {path!r}")
-    if len(_encoded(path)) > PATH_MAX:
-        raise DfsError(errno.ENAMETOOLONG, f"path is longer than {PATH_MAX} bytes")
+    if len(_encoded(path)) > CLUSTER_PATH_MAX:
+        raise DfsError(errno.ENAMETOOLONG, f"path is longer than {CLUSTER_PATH_MAX} bytes")
     parts = [p for p in path.split("/") if p]
     for part in parts:
         if part in (".", ".."):

@@ -18,14 +18,18 @@ import aiohttp
 from aiohttp import web
 
 from dfs.errors import DfsError
-from dfs.names import PATH_MAX
+from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
 from dfs.web import MAX_JSON_BODY, Params, add_health, background, error_middleware, read_json
+from master.admin_api import add_admin_routes
 from master.config import MasterConfig
 from master.db import Database
 from master.leases import LeaseTable
 from master.namespace import Namespace, attr_json
 from master.placement import Placement
+from master.recovery import LeaseRecovery
+from master.repair import Repair
+from master.replication import Replicator
 from master.servers import Registry
 from master.xattrs import XATTR_SIZE_MAX, Xattrs
 
@@ -50,6 +54,9 @@ class Master:
     namespace: Namespace
     placement: Placement
     xattrs: Xattrs
+    replicator: Replicator  # copy_replica (master/replication.py)
+    repair: Repair  # re-replication job (master/repair.py)
+    recovery: LeaseRecovery  # lease recovery job (master/recovery.py)
 
 
 CONFIG_KEY = web.AppKey("config", MasterConfig)
@@ -101,7 +108,7 @@ def _items(p: Params, key: str, max_items: int, default: Any = None) -> list[Par
 # -- namespace ------------------------------------------------------------------------------------
 
 async def op_resolve(m: Master, p: Params) -> dict[str, Any]:
-    attr = await m.namespace.resolve(p.str("path", max_length=PATH_MAX * 4), bool(p.bool("follow", False)))
+    attr = await m.namespace.resolve(p.str("path", max_length=CLUSTER_PATH_MAX), bool(p.bool("follow", False)))
     return {"attr": attr_json(attr)}
 
 
@@ -143,8 +150,18 @@ async def op_readdir(m: Master, p: Params) -> dict[str, Any]:
     return {"entries": [{"name": name, "attr": attr_json(attr)} for name, attr in entries], "next": after}
 
 
+def _held(p: Params) -> frozenset[int]:
+    """Inodes the caller has open: removing their last name keeps them until `forget`."""
+    return frozenset(p.int_list("held", [], max_items=100_000))
+
+
 async def op_unlink(m: Master, p: Params) -> dict[str, Any]:
-    await m.namespace.unlink(_inode(p, "parent"), _name(p))
+    await m.namespace.unlink(_inode(p, "parent"), _name(p), _held(p))
+    return {}
+
+
+async def op_forget(m: Master, p: Params) -> dict[str, Any]:
+    await m.namespace.forget(_inode(p))
     return {}
 
 
@@ -155,7 +172,8 @@ async def op_rmdir(m: Master, p: Params) -> dict[str, Any]:
 
 async def op_rename(m: Master, p: Params) -> dict[str, Any]:
     await m.namespace.rename(_inode(p, "parent"), _name(p), _inode(p, "new_parent"), _name(p, "new_name"),
-                             noreplace=bool(p.bool("noreplace", False)), exchange=bool(p.bool("exchange", False)))
+                             noreplace=bool(p.bool("noreplace", False)), exchange=bool(p.bool("exchange", False)),
+                             held=_held(p))
     return {}
 
 
@@ -246,16 +264,23 @@ async def op_register(m: Master, p: Params) -> dict[str, Any]:
 async def op_heartbeat(m: Master, p: Params) -> dict[str, Any]:
     bad = [(_inode(b, "chunk_id"), int(b.int("version", minimum=0, maximum=INT64_MAX)),
             str(b.str("problem", "corrupt", max_length=32))) for b in _items(p, "bad", 100_000)]
-    return await m.registry.heartbeat(_inode(p, "server_id"), *_space(p), bad)
+    return await m.registry.heartbeat(_inode(p, "server_id"), *_space(p), bad,
+                                      load=p.int("load", 0, minimum=0, maximum=INT64_MAX))
+
+
+async def op_goodbye(m: Master, p: Params) -> dict[str, Any]:
+    await m.registry.goodbye(_inode(p, "server_id"))
+    return {}
 
 
 OPS: dict[str, Op] = {
     "resolve": op_resolve, "lookup": op_lookup, "getattr": op_getattr, "setattr": op_setattr,
-    "mkdir": op_mkdir, "create": op_create, "readdir": op_readdir, "unlink": op_unlink, "rmdir": op_rmdir,
+    "mkdir": op_mkdir, "create": op_create, "readdir": op_readdir, "unlink": op_unlink, "forget": op_forget,
+    "rmdir": op_rmdir,
     "rename": op_rename, "link": op_link, "symlink": op_symlink, "readlink": op_readlink, "statfs": op_statfs,
     "getxattr": op_getxattr, "setxattr": op_setxattr, "listxattr": op_listxattr, "removexattr": op_removexattr,
     "chunks": op_chunks, "lease": op_lease, "commit": op_commit, "report": op_report,
-    "cs/register": op_register, "cs/heartbeat": op_heartbeat,
+    "cs/register": op_register, "cs/heartbeat": op_heartbeat, "cs/goodbye": op_goodbye,
 }
 
 
@@ -274,6 +299,7 @@ async def status(request: web.Request) -> web.Response:
         "servers": servers, "servers_live": sum(1 for s in servers if s["state"] == "live"),
         **await m.namespace.counts(), "leases": len(m.leases),
         "chunk_size": m.config.chunk_size, "goal": m.config.goal,
+        "repair": m.repair.status(), "recovery": m.recovery.status(),
     })
 
 
@@ -299,10 +325,19 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         await registry.load()
         leases = LeaseTable()
         namespace = Namespace(db, config, registry, leases, lambda: session)
-        master = Master(config, db, registry, leases, namespace, Placement(db, config, registry, leases), Xattrs(db))
+        replicator = Replicator(db, config, registry, leases, session)
+        repair = Repair(db, config, registry, leases, replicator)
+        recovery = LeaseRecovery(db, config, registry, leases, session)
+        master = Master(config, db, registry, leases, namespace, Placement(db, config, registry, leases), Xattrs(db),
+                        replicator, repair, recovery)
         app[MASTER_KEY] = master
-        async with background(_housekeeping(master), "housekeeping"):
-            yield
+        async with (background(_housekeeping(master), "housekeeping"),
+                    background(repair.run_forever(), "re-replication"),
+                    background(recovery.run_forever(), "lease recovery")):
+            try:
+                yield
+            finally:
+                await repair.close()
     finally:
         await session.close()
         await db.close()
@@ -315,5 +350,6 @@ def create_app(config: MasterConfig) -> web.Application:
     for name, op in OPS.items():
         app.router.add_post(f"/api/{name}", _handler(op, large=name == "cs/register"))
     app.router.add_get("/api/status", status)
+    add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     add_health(app, "master")
     return app

@@ -20,6 +20,10 @@ class MasterConfig:
     lease_seconds: float = 60.0
     heartbeat_interval: float = 2.0
     gc_grace: float = 0.0  # seconds a deleted chunk waits before chunkservers are told to delete it
+    maintenance_timeout: float = 300.0  # seconds a gracefully stopped chunkserver is waited for
+    repair_bandwidth: int = 256 * 1024 * 1024  # bytes/s of re-replication copies, cluster-wide; 0: unlimited
+    repair_concurrency: int = 2  # copies one chunkserver takes part in at once (source or target)
+    repair_interval: float = 2.0  # seconds between re-replication scans (sooner on events)
 
     @property
     def database_url(self) -> str:

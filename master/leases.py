@@ -38,6 +38,8 @@ class LeaseTable:
     def __init__(self) -> None:
         self._grants: dict[tuple[int, int], Grant] = {}
         self._by_inode: dict[int, set[int]] = {}
+        #: Grants that expired (never given back), for lease recovery (master/recovery.py) to take.
+        self.expired: list[Grant] = []
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -47,6 +49,7 @@ class LeaseTable:
         grant = self._grants.get((inode, index))
         if grant is not None and not grant.valid(time.monotonic()):
             self._remove(inode, index)
+            self.expired.append(grant)
             return None
         return grant
 
@@ -80,5 +83,12 @@ class LeaseTable:
         now = time.monotonic()
         stale = [key for key, grant in self._grants.items() if not grant.valid(now)]
         for inode, index in stale:
+            self.expired.append(self._grants[(inode, index)])
             self._remove(inode, index)
         return len(stale)
+
+    def take_expired(self) -> list[Grant]:
+        """The grants that expired since the last call (each once)."""
+        self.expire()
+        taken, self.expired = self.expired, []
+        return taken

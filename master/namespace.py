@@ -214,14 +214,18 @@ class Namespace:
         that a create costs four statements.
         """
         now = time.time_ns()
-        nlink_delta = 1 if stat.S_ISDIR(values["mode"]) else 0
-        updated = conn.execute(
-            update(inodes).where(inodes.c.id == parent, inodes.c.mode.op("&")(S_IFMT) == stat.S_IFDIR)
-            .values(mtime_ns=now, ctime_ns=now, nlink=inodes.c.nlink + nlink_delta))
-        if not updated.rowcount:
-            get_dir(conn, parent)  # raises ENOENT / ENOTDIR
+        is_dir = stat.S_ISDIR(values["mode"])
+        folder = get_dir(conn, parent)  # raises ENOENT / ENOTDIR
         if find_entry(conn, parent, name) is not None:
             raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
+        if folder.mode & stat.S_ISGID:  # a setgid folder hands its group (and, to folders, the bit) down
+            values["gid"] = folder.gid
+            if is_dir:
+                values["mode"] |= stat.S_ISGID
+        if values.get("goal") is None:  # goals are inherited from the folder, as in MooseFS
+            values["goal"] = folder.goal
+        conn.execute(update(inodes).where(inodes.c.id == parent)
+                     .values(mtime_ns=now, ctime_ns=now, nlink=inodes.c.nlink + int(is_dir)))
         values = {"atime_ns": now, "mtime_ns": now, "ctime_ns": now, "uid": 0, "gid": 0, "size": 0,
                   "rdev": 0, "target": None, **values}
         result = conn.execute(insert(inodes).values(**values))
@@ -236,8 +240,7 @@ class Namespace:
         validate_name(name)
 
         def txn(conn: Connection) -> Attr:
-            values = {"mode": stat.S_IFDIR | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 2,
-                      "goal": self.config.goal}
+            values = {"mode": stat.S_IFDIR | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 2, "goal": None}
             return self._new_entry(conn, parent, name, values)
 
         return await self.db.run_write(txn)
@@ -262,7 +265,7 @@ class Namespace:
                     raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
                 return to_attr(existing), False
             values = {"mode": kind | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 1,
-                      "goal": goal or self.config.goal,
+                      "goal": goal,
                       "rdev": rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0}
             return self._new_entry(conn, parent, name, values), True
 
@@ -300,10 +303,14 @@ class Namespace:
 
     # -- removal --------------------------------------------------------------------------------
 
-    def _drop_link(self, conn: Connection, row: Row[Any], now: int) -> int | None:
+    def _drop_link(self, conn: Connection, row: Row[Any], now: int, held: frozenset[int] = frozenset()) -> int | None:
         """One name of non-directory `row` is gone; at no name left the file is deleted (its
-        inode returned: the caller drops its leases once the transaction is committed)."""
-        if row.nlink > 1:
+        inode returned: the caller drops its leases once the transaction is committed).
+
+        A file the caller still has open (`held`) stays, with no name and nlink 0, until the
+        caller's `forget`: POSIX keeps an unlinked file readable until its last close.
+        """
+        if row.nlink > 1 or row.id in held:
             conn.execute(update(inodes).where(inodes.c.id == row.id).values(nlink=inodes.c.nlink - 1, ctime_ns=now))
             return None
         garbage.delete_file_chunks(conn, row.id, 0, time.time() + self.config.gc_grace)
@@ -323,7 +330,18 @@ class Namespace:
     def _has_entries(self, conn: Connection, inode: int) -> bool:
         return conn.scalar(select(dentries.c.inode).where(dentries.c.parent == inode).limit(1)) is not None
 
-    async def unlink(self, parent: int, name: str) -> None:
+    async def forget(self, inode: int) -> None:
+        """The last open handle of an unlinked file (nlink 0) is closed: delete it now."""
+
+        def txn(conn: Connection) -> int | None:
+            row = conn.execute(select(inodes.c.id, inodes.c.mode, inodes.c.nlink).where(inodes.c.id == inode)).first()
+            if row is None or row.nlink > 0 or stat.S_ISDIR(row.mode):
+                return None
+            return self._drop_link(conn, row, time.time_ns())
+
+        self._forget(await self.db.run_write(txn))
+
+    async def unlink(self, parent: int, name: str, held: frozenset[int] = frozenset()) -> None:
         validate_name(name)
 
         def txn(conn: Connection) -> int | None:
@@ -333,7 +351,7 @@ class Namespace:
             now = time.time_ns()
             conn.execute(delete(dentries).where(dentries.c.parent == parent, dentries.c.name == name))
             touch_dir(conn, parent, now)
-            return self._drop_link(conn, row, now)
+            return self._drop_link(conn, row, now, held)
 
         self._forget(await self.db.run_write(txn))
 
@@ -370,7 +388,7 @@ class Namespace:
         raise DfsError(errno.ELOOP, f"directory {inode} is nested too deep")
 
     async def rename(self, parent: int, name: str, new_parent: int, new_name: str, noreplace: bool = False,
-                     exchange: bool = False) -> None:
+                     exchange: bool = False, held: frozenset[int] = frozenset()) -> None:
         validate_name(name)
         validate_name(new_name)
         if noreplace and exchange:
@@ -414,7 +432,7 @@ class Namespace:
                     self._drop_dir(conn, dst)
                     touch_dir(conn, new_parent, now, -1)
                 else:
-                    deleted = self._drop_link(conn, dst, now)
+                    deleted = self._drop_link(conn, dst, now, held)
             conn.execute(update(dentries).where(dentries.c.parent == parent, dentries.c.name == name)
                          .values(parent=new_parent, name=new_name))
             conn.execute(update(inodes).where(inodes.c.id == src.id).values(ctime_ns=now))

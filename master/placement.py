@@ -129,6 +129,7 @@ class Placement:
                      ",".join(str(sid) for _, sid, _ in dropped))
         chosen = self._by_load(live, [sid for sid in current if sid not in exclude])
         if not chosen:
+            self._check_starting()
             raise DfsError(errno.EIO, f"chunk {chunk.chunk_id} (inode {inode} slot {index}) has no live replica")
         conn.execute(update(chunks).where(chunks.c.chunk_id == chunk.chunk_id).values(version=version))
         conn.execute(update(replicas).where(replicas.c.chunk_id == chunk.chunk_id,
@@ -136,10 +137,18 @@ class Placement:
                      .values(version=version))
         return Grant(client, inode, index, chunk.chunk_id, version, [(s.id, s.url) for s in chosen], expiry), []
 
+    def _check_starting(self) -> None:
+        """EAGAIN (503, clients retry) while known chunkservers may still come back after a master restart."""
+        if not self.registry.settled() and any(s.state == "unknown" for s in self.registry.servers.values()):
+            raise DfsError(errno.EAGAIN, "the master restarted and chunkservers are still reporting back; "
+                           "try again in a moment")
+
     def _new_chunk_servers(self, live: dict[int, ServerInfo], goal: int, exclude: set[int]) -> list[ServerInfo]:
-        roomy = [s for s in live.values() if s.id not in exclude and s.free >= self.config.chunk_size]
+        roomy = [s for s in live.values()
+                 if s.id not in exclude and s.accepts_chunks and s.free >= self.config.chunk_size]
         if not roomy:
             if not live:
+                self._check_starting()
                 raise DfsError(errno.ENOSPC, "no live chunkserver to place a new chunk on")
             raise DfsError(errno.ENOSPC, f"no chunkserver has room for a new chunk ({len(live)} live, all full)")
         roomy.sort(key=lambda s: (s.utilisation(), s.id))
@@ -173,9 +182,32 @@ class Placement:
         if problem not in BAD_PROBLEMS:
             raise DfsError(errno.EINVAL, f"problem must be one of {', '.join(BAD_PROBLEMS)}")
 
+        if problem == "unreachable":
+            # A client's view of the network is no proof: a server really gone is declared dead by its
+            # missing heartbeats, and one that only stalled (or a client cut off) keeps its replicas.
+            log.info("chunk %d v%d: a client could not reach chunkserver %d", chunk_id, version, server_id)
+            return
+        live = {s.id for s in self.registry.live()}
+
         def txn(conn: Connection) -> int:
+            # A client's report never drops the last live copy at the current version: if it is truly bad,
+            # the chunkserver quarantines it and says so in its heartbeat (which is authoritative).
+            if conn.scalar(select(replicas.c.version).where(replicas.c.chunk_id == chunk_id,
+                                                            replicas.c.server_id == server_id)) is None:
+                return 0
+            others = conn.execute(select(replicas.c.server_id).select_from(replicas.join(
+                chunks, and_(chunks.c.chunk_id == replicas.c.chunk_id, chunks.c.version == replicas.c.version)))
+                .where(replicas.c.chunk_id == chunk_id, replicas.c.server_id != server_id)).scalars().all()
+            if not any(sid in live for sid in others):
+                return -1
             return drop_bad(conn, [(chunk_id, server_id, version)], time.time())
 
-        if await self.db.run_write(txn):
+        dropped = await self.db.run_write(txn)
+        if dropped == -1:
+            log.warning("chunk %d v%d on chunkserver %d reported %s: kept, it is the last live copy", chunk_id,
+                        version, server_id, problem)
+        elif dropped:
+            self.registry.recent_bad.append((chunk_id, server_id, version, problem))
             log.warning("chunk %d v%d on chunkserver %d reported %s: replica dropped", chunk_id, version,
                         server_id, problem)
+            self.registry.changed()

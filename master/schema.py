@@ -122,6 +122,14 @@ xattrs = Table(
     PrimaryKeyConstraint("inode", "name"),
 )
 
+#: Administrative state of a chunkserver (master/decommission.py): "draining" or "decommissioned".
+#: A server without a row is in service.
+server_states = Table(
+    "server_states", metadata,
+    Column("server_id", Id, primary_key=True),
+    Column("state", String(16), nullable=False),
+)
+
 garbage = Table(
     "garbage", metadata,
     Column("id", Id, primary_key=True, autoincrement=True),

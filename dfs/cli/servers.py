@@ -32,9 +32,22 @@ log_level_option = click.option(
               type=click.FloatRange(1, 86400), help="Seconds without heartbeat before a chunkserver is dead.")
 @click.option("--gc-grace", envvar="DFS_GC_GRACE", default=0.0, show_default=True, show_envvar=True,
               type=click.FloatRange(0, 30 * 86400), help="Seconds deleted chunks wait before removal.")
+@click.option("--heartbeat-interval", envvar="DFS_HEARTBEAT_INTERVAL", default=2.0, show_default=True,
+              show_envvar=True, type=click.FloatRange(0.05, 600), help="Seconds between chunkserver heartbeats.")
+@click.option("--maintenance-timeout", envvar="DFS_MAINTENANCE_TIMEOUT", default=300.0, show_default=True,
+              show_envvar=True, type=click.FloatRange(0, 7 * 86400),
+              help="Seconds a chunkserver stopped gracefully (SIGTERM) is waited for before it counts as dead.")
+@click.option("--lease-seconds", envvar="DFS_LEASE_SECONDS", default=60.0, show_default=True, show_envvar=True,
+              type=click.FloatRange(1, 3600), help="Lifetime of a write lease; an expired one is recovered.")
+@click.option("--repair-bandwidth", envvar="DFS_REPAIR_BANDWIDTH", default="256MiB", type=SIZE, show_envvar=True,
+              help="Bytes per second re-replication may copy, cluster-wide; 0: unlimited  [default: 256MiB]")
+@click.option("--repair-concurrency", envvar="DFS_REPAIR_CONCURRENCY", default=2, show_default=True,
+              show_envvar=True, type=click.IntRange(1, 64),
+              help="Copies one chunkserver takes part in at once (as source or target).")
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
-                   dead_timeout: float, gc_grace: float, log_level: str) -> None:
+                   dead_timeout: float, gc_grace: float, heartbeat_interval: float, maintenance_timeout: float,
+                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, log_level: str) -> None:
     """Run the metadata master."""
     from master.config import MasterConfig
     from master.service import run_master
@@ -43,7 +56,10 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
         raise click.BadParameter("must be a multiple of 64KiB", param_hint="--chunk-size")
     setup_logging("master", log_level)
     config = MasterConfig(data_dir=data_dir, host=listen[0], port=listen[1], db_url=db_url,
-                          chunk_size=chunk_size, goal=goal, dead_timeout=dead_timeout, gc_grace=gc_grace)
+                          chunk_size=chunk_size, goal=goal, dead_timeout=dead_timeout, gc_grace=gc_grace,
+                          heartbeat_interval=heartbeat_interval, maintenance_timeout=maintenance_timeout,
+                          lease_seconds=lease_seconds, repair_bandwidth=repair_bandwidth,
+                          repair_concurrency=repair_concurrency)
     asyncio.run(run_master(config))
 
 
@@ -57,16 +73,22 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
               help="Bytes to offer (e.g. 1GiB)  [default: the size of the disks]")
 @click.option("--public-url", envvar="DFS_PUBLIC_URL", default=None, show_envvar=True,
               help="URL other nodes use to reach this one [default: http://LISTEN].")
+@click.option("--scrub-rate", envvar="DFS_SCRUB_RATE", default="50MiB", type=SIZE, show_envvar=True,
+              help="Bytes per second the scrubber re-verifies; 0 disables it  [default: 50MiB]")
+@click.option("--scrub-interval", envvar="DFS_SCRUB_INTERVAL", default=600.0, show_default=True, show_envvar=True,
+              type=click.FloatRange(0, 30 * 86400), help="Seconds from one scrub pass's start to the next's, at least.")
 @log_level_option
 def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tuple[str, int],
-                        capacity: int | None, public_url: str | None, log_level: str) -> None:
+                        capacity: int | None, public_url: str | None, scrub_rate: int, scrub_interval: float,
+                        log_level: str) -> None:
     """Run a chunkserver that stores chunks in the --data folders."""
     from chunkserver.config import ChunkserverConfig
     from chunkserver.service import run_chunkserver
 
     setup_logging("chunkserver", log_level)
     config = ChunkserverConfig(data_dirs=list(data_dirs), master_url=master_url.rstrip("/"), host=listen[0],
-                               port=listen[1], capacity=capacity, public_url=public_url)
+                               port=listen[1], capacity=capacity, public_url=public_url, scrub_rate=scrub_rate,
+                               scrub_interval=scrub_interval)
     asyncio.run(run_chunkserver(config))
 
 

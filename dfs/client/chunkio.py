@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,6 +20,10 @@ ReportBad = Callable[[ChunkLocation, Replica, str], Awaitable[None]]
 
 _ZEROS = bytes(STREAM_SLICE)
 
+#: Seconds a replica may keep a read waiting (for its first byte, or between two pieces) before the
+#: read fails over to the next replica. The last replica gets the session's own (longer) timeout.
+READ_TIMEOUT = 2.0
+
 
 def zeros(length: int) -> AsyncIterator[bytes]:
     """`length` zero bytes in slices: what a hole in a sparse file reads as."""
@@ -34,9 +39,11 @@ def zeros(length: int) -> AsyncIterator[bytes]:
 
 
 class ChunkIO:
-    def __init__(self, session: aiohttp.ClientSession, report_bad: ReportBad) -> None:
+    def __init__(self, session: aiohttp.ClientSession, report_bad: ReportBad,
+                 read_timeout: float | None = READ_TIMEOUT) -> None:
         self.session = session
         self.report_bad = report_bad
+        self.read_timeout = read_timeout
 
     async def read(self, loc: ChunkLocation, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a chunk, from the first replica that serves them.
@@ -48,11 +55,12 @@ class ChunkIO:
         pos = start
         errors: list[str] = []
         stale = 0
-        for replica in loc.servers:
+        for number, replica in enumerate(loc.servers):
             if pos >= end:
                 break
+            patience = self.read_timeout if number < len(loc.servers) - 1 else None
             try:
-                async for piece in self._read_from(replica, loc, pos, end):
+                async for piece in self._read_from(replica, loc, pos, end, patience):
                     pos += len(piece)
                     yield piece
                 if pos < end:
@@ -78,17 +86,32 @@ class ChunkIO:
         detail = "; ".join(errors) or "no live replica"
         raise DfsError(errno.EIO, f"chunk {loc.chunk_id} v{loc.version}: cannot be read ({detail})")
 
-    async def _read_from(self, replica: Replica, loc: ChunkLocation, start: int, end: int) -> AsyncIterator[bytes]:
+    async def _read_from(self, replica: Replica, loc: ChunkLocation, start: int, end: int,
+                         patience: float | None = None) -> AsyncIterator[bytes]:
+        """The bytes from one replica; with `patience`, TimeoutError when it sends nothing for that long
+        (a stalled or stopped server costs a failover, not a hang). Each wait has its own timeout, so
+        the generator may be resumed from any task (the sync facade does that)."""
         url = f"{replica.url}/chunks/{loc.chunk_id}"
         headers = {"Range": f"bytes={start}-{end - 1}"}
-        async with self.session.get(url, params={"version": loc.version}, headers=headers) as resp:
+        async with asyncio.timeout(patience):
+            resp = await self.session.get(url, params={"version": loc.version}, headers=headers)
+        try:
             if resp.status >= 400:
                 raise await error_from_response(resp)
-            try:
-                async for piece in resp.content.iter_chunked(STREAM_SLICE):
-                    yield piece
-            except aiohttp.ClientPayloadError as exc:
-                raise DfsError(errno.EIO, f"transfer cut off: {exc}") from None
+            while True:
+                try:
+                    async with asyncio.timeout(patience):
+                        piece = await resp.content.read(STREAM_SLICE)
+                except aiohttp.ClientPayloadError as exc:
+                    raise DfsError(errno.EIO, f"transfer cut off: {exc}") from None
+                if not piece:
+                    break
+                yield piece
+        except BaseException:
+            resp.close()  # a connection left mid-body is never reused
+            raise
+        finally:
+            resp.release()
 
     async def write(self, lease: Lease, offset: int, data: bytes | memoryview, sync: bool) -> list[str]:
         """Write `data` at `offset` of the leased chunk through the whole chain.

@@ -8,6 +8,7 @@ threads.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import errno
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from dfs.client.chunkio import ChunkIO
+from dfs.client.chunkio import READ_TIMEOUT, ChunkIO
 from dfs.client.files import FileHandle
 from dfs.client.rpc import MasterClient
 from dfs.errors import DfsError
@@ -37,9 +38,10 @@ def _umask() -> int:
 
 class Client:
     def __init__(self, master_url: str, *, retry_for: float = 30.0, uid: int | None = None,
-                 gid: int | None = None) -> None:
+                 gid: int | None = None, read_timeout: float | None = READ_TIMEOUT) -> None:
         self.master_url = master_url.rstrip("/")
         self.retry_for = retry_for
+        self.read_timeout = read_timeout  # seconds a replica may stall a read before the next is tried
         self.client_id = uuid.uuid4().hex
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
@@ -55,7 +57,7 @@ class Client:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
             self.master = MasterClient(self._session, self.master_url, self.retry_for)
-            self.chunkio = ChunkIO(self._session, self._report_bad)
+            self.chunkio = ChunkIO(self._session, self._report_bad, self.read_timeout)
             info = await self.master.call("statfs")
             self.chunk_size = int(info["chunk_size"])
         return self
@@ -119,16 +121,35 @@ class Client:
             if not after:
                 return
 
-    async def unlink(self, parent: int, name: str) -> None:
-        await self.master.call("unlink", parent=parent, name=name)
+    async def unlink(self, parent: int, name: str, held: list[int] | None = None) -> None:
+        """Remove a name; `held` lists inodes the caller has open (kept alive until `forget`)."""
+        await self.master.call("unlink", parent=parent, name=name, held=held or [])
+
+    async def forget(self, inode: int) -> None:
+        """The last open handle of a file is closed: an unlinked one can go now."""
+        await self.master.call("forget", inode=inode)
 
     async def rmdir(self, parent: int, name: str) -> None:
         await self.master.call("rmdir", parent=parent, name=name)
 
     async def rename_entry(self, parent: int, name: str, new_parent: int, new_name: str, *,
-                           noreplace: bool = False, exchange: bool = False) -> None:
+                           noreplace: bool = False, exchange: bool = False, held: list[int] | None = None) -> None:
         await self.master.call("rename", parent=parent, name=name, new_parent=new_parent, new_name=new_name,
-                               noreplace=noreplace, exchange=exchange)
+                               noreplace=noreplace, exchange=exchange, held=held or [])
+
+    async def getxattr(self, inode: int, name: str) -> bytes:
+        reply = await self.master.call("getxattr", inode=inode, name=name)
+        return base64.b64decode(reply["value_b64"])
+
+    async def setxattr(self, inode: int, name: str, value: bytes, flags: int = 0) -> None:
+        await self.master.call("setxattr", inode=inode, name=name, value_b64=base64.b64encode(value).decode(),
+                               flags=flags)
+
+    async def listxattr(self, inode: int) -> list[str]:
+        return list((await self.master.call("listxattr", inode=inode))["names"])
+
+    async def removexattr(self, inode: int, name: str) -> None:
+        await self.master.call("removexattr", inode=inode, name=name)
 
     async def link(self, inode: int, new_parent: int, new_name: str) -> Attr:
         return await self._attr("link", inode=inode, new_parent=new_parent, new_name=new_name)

@@ -47,6 +47,11 @@ class FileHandle:
     def chunk_size(self) -> int:
         return self.client.chunk_size
 
+    @property
+    def dirty(self) -> bool:
+        """Written since the last commit (size and mtime not yet on the master)."""
+        return self._dirty or bool(self._unsynced)
+
     # ---- reading -------------------------------------------------------------------------
 
     async def read(self, offset: int, size: int) -> bytes:
@@ -140,7 +145,8 @@ class FileHandle:
                     return  # wait for more bytes
                 self._check_range(pos, n)
                 await self._write_piece(index, within, memoryview(buf)[:n], sync=(n == room or final))
-                del buf[:n]
+                # not `del buf[:n]`: a failed attempt's request may still hold a view of buf (BufferError)
+                buf = buf[n:]
                 pos += n
 
         async for piece in source:
@@ -213,14 +219,16 @@ class FileHandle:
         self._forget_locations()
         self._leases.clear()
 
-    async def flush(self) -> None:
-        """Make written data durable on the replicas and commit size and mtime to the master."""
+    async def flush(self, durable: bool = True) -> None:
+        """Commit size and mtime to the master; with `durable`, first fsync the written chunks on
+        every replica (close(2) needs the commit, fsync(2) both; a kill -9 of a chunkserver loses
+        nothing either way, since the data is in its page cache)."""
         async with self._lock:
-            for index in sorted(self._unsynced):
-                lease = self._leases.get(index)
-                if lease is not None:
-                    await self._write_piece(index, 0, memoryview(b""), sync=True)
-            self._unsynced.clear()
+            if durable:
+                for index in sorted(self._unsynced):
+                    if index in self._leases:
+                        await self._write_piece(index, 0, memoryview(b""), sync=True)
+                self._unsynced.clear()
             if self._dirty:
                 reply = await self.client.master.call("commit", inode=self.inode, client=self.client.client_id,
                                                       size=self.size, release=False)

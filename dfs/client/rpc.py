@@ -28,7 +28,9 @@ class MasterClient:
     """`await master.call("lookup", parent=1, name="a")` -> the reply's JSON object.
 
     A master that cannot be reached is retried with backoff for `retry_for` seconds, then the call
-    fails with EIO naming the master, so a restarting master costs a pause, not an error.
+    fails with EIO naming the master, so a restarting master costs a pause, not an error. So is an
+    EAGAIN (503) answer: the master is up but not ready for the call (e.g. chunkservers reporting back
+    after its restart).
     """
 
     def __init__(self, session: aiohttp.ClientSession, url: str, retry_for: float = 30.0) -> None:
@@ -43,7 +45,13 @@ class MasterClient:
             try:
                 async with self.session.post(f"{self.url}/api/{op}", json=fields) as resp:
                     if resp.status >= 400:
-                        raise await error_from_response(resp)
+                        err = await error_from_response(resp)
+                        if err.errno != errno.EAGAIN or time.monotonic() + delay > deadline:
+                            raise err
+                        log.debug("master %s not ready for %s (%s); retrying", self.url, op, err.message)
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 1.0)
+                        continue
                     return await resp.json(content_type=None)
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 if time.monotonic() + delay > deadline:

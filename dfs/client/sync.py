@@ -9,6 +9,7 @@ methods become blocking methods, async iterators become iterators, and objects t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import inspect
 import threading
@@ -29,6 +30,10 @@ class LoopThread:
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Any) -> concurrent.futures.Future:
+        """Start `coro` on the loop and return at once; `.result()` waits for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def iterate(self, agen: AsyncIterator[Any]) -> Iterator[Any]:
         try:

@@ -1,0 +1,128 @@
+"""The mount's own cache of names and attributes, on top of the kernel's.
+
+Contract: entries live `ttl` seconds (the mount's entry/attr timeout) and are dropped or replaced
+by every change this mount makes, so this mount sees its own changes at once and other clients'
+changes within `ttl`, exactly as the kernel's caches promise. Paths map to inodes, and attributes
+are kept per inode, so a change made through one name of a hard-linked file shows under all.
+A directory this mount created or listed whole within `ttl` is *complete*: a name not cached in it
+does not exist, which answers the lookup before every create without a round trip. Callers hold no
+lock: every method is one dict operation or a short loop under the cache's own lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from dfs.protocol import Attr
+
+_NEGATIVE = -1
+
+
+def parent_of(path: str) -> str:
+    head = path.rsplit("/", 1)[0]
+    return head or "/"
+
+
+class NameCache:
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._names: dict[str, tuple[int, float]] = {}  # path -> (inode or _NEGATIVE, expiry)
+        self._attrs: dict[int, tuple[Attr, float]] = {}  # inode -> (attr, expiry)
+        self._complete: dict[int, float] = {}  # directory inode -> expiry
+        self._lock = threading.Lock()
+
+    def lookup(self, path: str) -> Attr | bool | None:
+        """The cached attributes of `path`, False if it is known not to exist, None if unknown."""
+        if self.ttl <= 0:
+            return None
+        now = time.monotonic()
+        entry = self._names.get(path)
+        if entry is not None:
+            if entry[1] <= now:
+                return None
+            if entry[0] == _NEGATIVE:
+                return False
+            cached = self._attrs.get(entry[0])
+            if cached is not None and cached[1] > now:
+                return cached[0]
+            return None
+        parent = self._names.get(parent_of(path))
+        if parent is not None and parent[0] != _NEGATIVE and self._complete.get(parent[0], 0) > now:
+            return False
+        return None
+
+    def attr(self, inode: int) -> Attr | None:
+        cached = self._attrs.get(inode)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        return None
+
+    def inode_of(self, path: str) -> int | None:
+        entry = self._names.get(path)
+        if entry is not None and entry[0] != _NEGATIVE and entry[1] > time.monotonic():
+            return entry[0]
+        return None
+
+    def paths_of(self, inode: int) -> list[str]:
+        """Every cached name of `inode` (a scan: only asked for hard-linked files)."""
+        return [path for path, (ino, _) in list(self._names.items()) if ino == inode]
+
+    def put(self, path: str, attr: Attr) -> None:
+        if self.ttl <= 0:
+            return
+        expiry = time.monotonic() + self.ttl
+        with self._lock:
+            self._names[path] = (attr.inode, expiry)
+            self._attrs[attr.inode] = (attr, expiry)
+
+    def put_attr(self, attr: Attr) -> None:
+        if self.ttl > 0:
+            self._attrs[attr.inode] = (attr, time.monotonic() + self.ttl)
+
+    def put_missing(self, path: str) -> None:
+        if self.ttl > 0:
+            self._names[path] = (_NEGATIVE, time.monotonic() + self.ttl)
+
+    def mark_complete(self, directory: int) -> None:
+        """Every entry of `directory` is in the cache (it was just made, or listed whole)."""
+        if self.ttl > 0:
+            self._complete[directory] = time.monotonic() + self.ttl
+
+    def forget_attr(self, inode: int) -> None:
+        self._attrs.pop(inode, None)
+
+    def _incomplete(self, path: str) -> None:
+        """A name under `path`'s folder is no longer cached: the folder's listing is not complete."""
+        parent = self._names.get(parent_of(path))
+        if parent is not None:
+            self._complete.pop(parent[0], None)
+
+    def forget_path(self, path: str) -> None:
+        """Know nothing of `path` any more (not even that it is missing)."""
+        with self._lock:
+            entry = self._names.pop(path, None)
+            if entry is not None and entry[0] != _NEGATIVE:
+                self._attrs.pop(entry[0], None)
+                self._complete.pop(entry[0], None)
+            self._incomplete(path)
+
+    def forget_tree(self, path: str) -> None:
+        """Drop `path` and everything cached below it (a folder was renamed or removed)."""
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            doomed = [p for p in self._names if p == path or p.startswith(prefix)]
+            for p in doomed:
+                inode = self._names.pop(p)[0]
+                self._complete.pop(inode, None)
+            self._incomplete(path)
+
+    def prune(self) -> None:
+        """Drop expired entries (called now and then, so the cache does not grow without bound)."""
+        now = time.monotonic()
+        with self._lock:
+            for table in (self._names, self._attrs):
+                for key in [k for k, v in table.items() if v[1] <= now]:
+                    del table[key]
+            for key in [k for k, v in self._complete.items() if v <= now]:
+                del self._complete[key]

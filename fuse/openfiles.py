@@ -1,0 +1,239 @@
+"""Open files of the mount: write-back gathering, read-ahead, and the memory they may hold.
+
+Contract: one `OpenFile` per inode, shared by every open handle of that inode in this mount, so
+that what one handle wrote is what another reads (POSIX read-after-write in one mount). Writes
+are gathered in a buffer of `write_buffer` bytes and sent in the background while the next buffer
+fills (at most one in flight per file); a failed background send is reported by the next write,
+flush, fsync or close of the file, as NFS reports write-back errors. Reads first send what is
+buffered, then serve sequential reads from a read-ahead window fetched in one request. Every byte
+held for buffers and windows is charged to the mount's `MemoryBudget`; past the cap, writes wait
+for sends to finish and read-ahead is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+
+from dfs.client.files import FileHandle
+from dfs.client.sync import LoopThread
+from dfs.errors import DfsError
+from fuse.extents import DirtyExtents
+
+log = logging.getLogger("dfs.fuse")
+
+SEND_CONCURRENCY = 8  # chunk writes of one file in flight at once when its dirty bytes are scattered
+
+
+class MemoryBudget:
+    """Bytes the mount's caches may hold at most, shared by all open files."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def try_take(self, n: int) -> bool:
+        with self._cond:
+            if self.used + n > self.cap:
+                return False
+            self.used += n
+            return True
+
+    def take(self, n: int, timeout: float = 60.0) -> None:
+        """Wait until `n` bytes fit (a single request larger than the cap is let through alone)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.used and self.used + n > self.cap:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DfsError(12, "mount memory cap reached and nothing was freed in time")  # ENOMEM
+                self._cond.wait(left)
+            self.used += n
+
+    def give(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+class OpenFile:
+    def __init__(self, handle: FileHandle, loop: LoopThread, budget: MemoryBudget, write_buffer: int,
+                 read_ahead: int) -> None:
+        self.handle = handle
+        self.inode = handle.inode
+        self.loop = loop
+        self.budget = budget
+        self.write_buffer = write_buffer
+        self.read_ahead = read_ahead
+        self.refs = 0
+        self.removals_at_open = 0
+        self.forget_on_close = False  # unlinked while open: the master may delete it at the last close
+        self.lock = threading.RLock()
+        self.mtime_ns: int | None = None  # set by local writes not yet committed
+        self._dirty = DirtyExtents()
+        self._buf_charged = 0
+        self._inflight: concurrent.futures.Future | None = None
+        self._inflight_charged = 0
+        self._error: DfsError | None = None
+        self._window = b""
+        self._window_offset = 0
+        self._window_charged = 0
+        self._next_sequential = -1
+
+    # ---- size as this mount sees it -----------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return max(self.handle.size, self._dirty.end)
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty) or self._inflight is not None or self.handle.dirty
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def write(self, offset: int, data: bytes) -> int:
+        with self.lock:
+            self._raise_error()
+            self._drop_window()
+            if self._dirty.total + len(data) > self.write_buffer:
+                self._send_buffer()
+            self._charge(len(data))
+            before = self._dirty.total
+            self._dirty.add(offset, data)
+            saved = len(data) - (self._dirty.total - before)  # rewritten bytes are held once
+            if saved:
+                self._buf_charged -= saved
+                self.budget.give(saved)
+            self.mtime_ns = time.time_ns()
+            if self._dirty.total >= self.write_buffer:
+                self._send_buffer()
+            return len(data)
+
+    def _charge(self, n: int) -> None:
+        if not self.budget.try_take(n):
+            self._send_buffer()  # memory pressure: give back what we can, then wait our turn
+            self._wait_inflight()
+            self.budget.take(n)
+        self._buf_charged += n
+
+    def _send_buffer(self) -> None:
+        """Hand the dirty extents to the event loop; at most one send in flight per file."""
+        if not self._dirty:
+            return
+        self._wait_inflight()
+        extents, charged = self._dirty.take(), self._buf_charged
+        self._buf_charged = 0
+        self._inflight = self.loop.submit(self._write_extents(extents))
+        self._inflight_charged = charged
+
+    async def _write_extents(self, extents: list[tuple[int, bytes]]) -> None:
+        """Send extents a few at a time: scattered small writes cost round trips, not bandwidth."""
+        pending = [self.handle.write(offset, data) for offset, data in extents]
+        for i in range(0, len(pending), SEND_CONCURRENCY):
+            results = await asyncio.gather(*pending[i : i + SEND_CONCURRENCY], return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    for rest in pending[i + SEND_CONCURRENCY :]:
+                        rest.close()
+                    raise result
+
+    def _wait_inflight(self) -> None:
+        future, self._inflight = self._inflight, None
+        if future is None:
+            return
+        try:
+            future.result()
+        except DfsError as err:
+            log.error("write-back of inode %d failed: %s", self.inode, err.message)
+            self._error = self._error or err
+        finally:
+            self.budget.give(self._inflight_charged)
+            self._inflight_charged = 0
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def send_all(self) -> None:
+        """Every buffered byte is on the chunkservers (not yet committed); raises a pending error."""
+        with self.lock:
+            self._send_buffer()
+            self._wait_inflight()
+            self._raise_error()
+
+    def flush(self, durable: bool) -> None:
+        """Send and commit (close(2)); with `durable`, fsync on every replica first (fsync(2))."""
+        with self.lock:
+            self.send_all()
+            self.loop.run(self.handle.flush(durable))
+            self.mtime_ns = None
+
+    def truncate(self, size: int) -> None:
+        with self.lock:
+            self.send_all()
+            self._drop_window()
+            self.loop.run(self.handle.truncate(size))
+            self.mtime_ns = None
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def read(self, offset: int, size: int) -> bytes:
+        with self.lock:
+            if self._inflight is not None or self._dirty.overlaps(offset, size) or (
+                    self._dirty and offset + size > self.handle.size):
+                self.send_all()
+            end = min(offset + size, self.size)
+            if offset >= end:
+                return b""
+            window_end = self._window_offset + len(self._window)
+            if self._window_offset <= offset and end <= window_end:
+                start = offset - self._window_offset
+                data = self._window[start : start + end - offset]
+            elif offset == self._next_sequential and self.read_ahead > end - offset:
+                data = self._read_ahead(offset, end)
+            else:
+                data = self.loop.run(self.handle.read(offset, end - offset))
+            self._next_sequential = offset + len(data)
+            return data
+
+    def _read_ahead(self, offset: int, end: int) -> bytes:
+        span = min(self.read_ahead, self.size - offset)
+        self._drop_window()
+        if not self.budget.try_take(span):
+            return self.loop.run(self.handle.read(offset, end - offset))
+        try:
+            self._window = self.loop.run(self.handle.read(offset, span))
+        except BaseException:
+            self.budget.give(span)
+            raise
+        self._window_offset = offset
+        self._window_charged = span
+        return self._window[: end - offset]
+
+    def _drop_window(self) -> None:
+        if self._window:
+            self.budget.give(self._window_charged)
+            self._window = b""
+            self._window_charged = 0
+
+    def forget_cached_data(self) -> None:
+        with self.lock:
+            self._drop_window()
+
+    def close(self) -> None:
+        """The last handle went away: flush, give the leases back, free the memory."""
+        with self.lock:
+            try:
+                self.send_all()
+                self.loop.run(self.handle.close())
+            finally:
+                self._drop_window()
+                if self._buf_charged:
+                    self.budget.give(self._buf_charged)
+                    self._buf_charged = 0

@@ -1,0 +1,569 @@
+"""mfusepy operations over the client library: each call maps to one master or chunkserver step.
+
+The operations receive their caches (`NameCache`, the open-file table and its `MemoryBudget`),
+as s3ql's do; they hold no protocol of their own. Paths come from libfuse's high-level API; with
+`nullpath_ok`, reads and writes come with the file handle only.
+
+An unlinked file stays usable until its last close: libfuse "hides" an open file it is asked to
+unlink by renaming it to `.fuse_hidden...`. We turn that rename into a real unlink that the master
+keeps alive for us (nlink 0, as POSIX says), remember the hidden name locally only (so fstat and
+friends work and no stray name shows in the folder), and `forget` the file when libfuse removes
+the hidden name after the last close.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from typing import Any
+
+import mfusepy
+from mfusepy import FuseOSError
+
+from dfs.client.client import Client
+from dfs.client.files import FileHandle
+from dfs.client.sync import LoopThread
+from dfs.errors import DfsError
+from dfs.names import NAME_MAX
+from dfs.protocol import ROOT_INODE, Attr
+from fuse.errors import fuse_op
+from fuse.namecache import NameCache, parent_of
+from fuse.openfiles import MemoryBudget, OpenFile
+from fuse.options import MountOptions
+
+log = logging.getLogger("dfs.fuse")
+
+UTIME_NOW = (1 << 30) - 1
+UTIME_OMIT = (1 << 30) - 2
+HIDDEN_PREFIX = ".fuse_hidden"
+ACL_PREFIX = "system.posix_acl_"
+RENAME_NOREPLACE = 1
+RENAME_EXCHANGE = 2
+BLOCK = 512
+IO_BLOCK = 1024 * 1024  # st_blksize: tools size their buffers from it
+
+
+def stat_of(attr: Attr, size: int | None = None, mtime_ns: int | None = None) -> dict[str, int]:
+    size = attr.size if size is None else size
+    return {
+        "st_ino": attr.inode, "st_mode": attr.mode, "st_nlink": attr.nlink, "st_uid": attr.uid, "st_gid": attr.gid,
+        "st_size": size, "st_atime": attr.atime_ns, "st_mtime": mtime_ns or attr.mtime_ns,
+        "st_ctime": max(attr.ctime_ns, mtime_ns or 0), "st_blocks": (size + BLOCK - 1) // BLOCK,
+        "st_blksize": IO_BLOCK, "st_rdev": attr.rdev,
+    }
+
+
+def _fh(fi: Any) -> int:
+    return int(fi.fh) if fi is not None and not isinstance(fi, int) else int(fi or 0)
+
+
+class DfsOperations(mfusepy.Operations):
+    use_ns = True
+    flag_nopath = True  # read/write/flush/release get the handle only: no path lookups in libfuse
+    flag_nullpath_ok = True
+
+    def __init__(self, client: Client, loop: LoopThread, options: MountOptions) -> None:
+        self.client = client
+        self.loop = loop
+        self.options = options
+        self.names = NameCache(min(options.attr_timeout, options.entry_timeout))
+        self.budget = MemoryBudget(options.memory_cap)
+        self._files: dict[int, OpenFile] = {}  # inode -> shared open state
+        self._handles: dict[int, OpenFile] = {}  # file handle -> open file
+        self._dirs: dict[int, tuple[int, str]] = {}  # folder handle -> (inode, path when opened)
+        self._seen: dict[int, tuple[int, int]] = {}  # inode -> (mtime_ns, size) when last closed here
+        self._next_fh = 1
+        self._removals = 0  # unlinks and renames so far: a file open across one may have lost its name
+        self._hidden: dict[str, int] = {}  # libfuse's ".fuse_hidden..." name of an open, unlinked file
+        self._fuse: Any = None  # libfuse's struct fuse, for invalidating what the kernel cached
+        self._lock = threading.Lock()
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run(coro)
+
+    def _caller(self) -> tuple[int, int]:
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        return uid, gid
+
+    def _check_writable(self) -> None:
+        if self.options.read_only:
+            raise FuseOSError(errno.EROFS)
+
+    def _attr(self, path: str) -> Attr:
+        hidden = self._hidden.get(path)
+        if hidden is not None:
+            return self.run(self.client.getattr(hidden))
+        cached = self.names.lookup(path)
+        if cached is False:
+            raise FuseOSError(errno.ENOENT)
+        if isinstance(cached, Attr):
+            return cached
+        try:
+            attr = self.run(self.client.stat(path, follow=False))
+        except DfsError as err:
+            if err.errno == errno.ENOENT:
+                self.names.put_missing(path)
+            raise
+        self.names.put(path, attr)
+        return attr
+
+    def _dir_inode(self, path: str) -> int:
+        if path == "/":
+            return ROOT_INODE
+        attr = self._attr(path)
+        if not attr.is_dir:
+            raise FuseOSError(errno.ENOTDIR)
+        return attr.inode
+
+    def _split(self, path: str) -> tuple[int, str]:
+        parent, name = parent_of(path), path.rsplit("/", 1)[1]
+        if len(name.encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise FuseOSError(errno.ENAMETOOLONG)
+        return self._dir_inode(parent), name
+
+    def _held(self) -> list[int]:
+        return list(self._files)
+
+    def _open_file(self, fi: Any) -> OpenFile:
+        handle = self._handles.get(_fh(fi))
+        if handle is None:
+            raise FuseOSError(errno.EBADF)
+        return handle
+
+    def _stat(self, attr: Attr) -> dict[str, int]:
+        open_file = self._files.get(attr.inode)
+        if open_file is None:
+            return stat_of(attr)
+        return stat_of(attr, open_file.size, open_file.mtime_ns)
+
+    def _changed(self, path: str, attr: Attr) -> None:
+        """Record new attributes of `path` (and of every other name of its inode)."""
+        self.names.put(path, attr)
+        open_file = self._files.get(attr.inode)
+        if open_file is not None:
+            open_file.handle.attr = attr
+
+    def _other_names_changed(self, inode: int, *known: str) -> None:
+        """A hard-linked file changed through one name: the kernel caches attributes per name
+        (libfuse's high-level API gives each name its own node), so tell it to drop the others."""
+        for path in self.names.paths_of(inode):
+            if path in known:
+                continue
+            self.names.forget_path(path)
+            if self._fuse is not None:
+                mfusepy._libfuse.fuse_invalidate_path(self._fuse, path.encode("utf-8", "surrogateescape"))
+
+    def _entry_changed(self, path: str) -> None:
+        """A name was added or removed in the folder of `path`: its times and link count moved."""
+        self.names.forget_path(parent_of(path))
+
+    # ---- mount lifecycle ----------------------------------------------------------------------
+
+    def init_with_config(self, conn_info: Any, config: Any) -> None:
+        if config is not None:
+            config.attr_timeout = self.options.attr_timeout
+            config.entry_timeout = self.options.entry_timeout
+            config.negative_timeout = 0.0
+            config.use_ino = 1
+            config.hard_remove = 0
+            config.nullpath_ok = 1
+        invalidate = mfusepy._libfuse.fuse_invalidate_path
+        invalidate.argtypes, invalidate.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
+        self._fuse = mfusepy._libfuse.fuse_get_context().contents.fuse
+        on_ready = getattr(self, "on_ready", None)
+        if on_ready is not None:
+            on_ready()
+
+    def destroy(self, path: str) -> None:
+        for open_file in list(self._files.values()):
+            try:
+                open_file.close()
+            except DfsError as err:
+                log.error("inode %d: could not flush at unmount: %s", open_file.inode, err.message)
+
+    # ---- attributes ---------------------------------------------------------------------------
+
+    @fuse_op
+    def getattr(self, path: str | None, fh: Any = None) -> dict[str, int]:
+        if fh is not None and _fh(fh) in self._handles:
+            open_file = self._handles[_fh(fh)]
+            attr = self.names.attr(open_file.inode) or open_file.handle.attr
+            return stat_of(attr, open_file.size, open_file.mtime_ns)
+        if path is None:
+            raise FuseOSError(errno.EBADF)
+        return self._stat(self._attr(path))
+
+    def _setattr(self, path: str | None, fh: Any, **changes: Any) -> Attr:
+        self._check_writable()
+        if fh is not None and _fh(fh) in self._handles:
+            inode = self._handles[_fh(fh)].inode
+        elif path is not None:
+            inode = self._attr(path).inode
+        else:
+            raise FuseOSError(errno.EBADF)
+        attr = self.run(self.client.setattr(inode, **changes))
+        if attr.nlink > 1:
+            self._other_names_changed(attr.inode, *([path] if path else []))
+        if path is not None:
+            self._changed(path, attr)
+        else:
+            self.names.put_attr(attr)
+        return attr
+
+    @fuse_op
+    def chmod(self, path: str | None, mode: int, fh: Any = None) -> int:
+        self._setattr(path, fh, mode=stat.S_IMODE(mode))
+        return 0
+
+    @fuse_op
+    def chown(self, path: str | None, uid: int, gid: int, fh: Any = None) -> int:
+        changes = {k: v for k, v in (("uid", uid), ("gid", gid)) if v != -1}
+        if changes:
+            self._setattr(path, fh, **changes)
+        return 0
+
+    @fuse_op
+    def utimens(self, path: str | None, times: tuple[int, int] | None = None, fh: Any = None) -> int:
+        now = time.time_ns()
+        atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
+        changes = {}
+        for key, value in (("atime_ns", atime), ("mtime_ns", mtime)):
+            if value == UTIME_OMIT:
+                continue
+            changes[key] = now if value == UTIME_NOW else int(value)
+        if changes:
+            self._setattr(path, fh, **changes)
+        return 0
+
+    @fuse_op
+    def truncate(self, path: str | None, length: int, fh: Any = None) -> int:
+        self._check_writable()
+        open_file = self._handles.get(_fh(fh)) if fh is not None else None
+        if open_file is None and path is not None:
+            open_file = self._files.get(self._attr(path).inode)
+        if open_file is not None:
+            open_file.truncate(length)
+            self.names.put_attr(open_file.handle.attr)
+            if path is not None:
+                self.names.forget_path(path)
+            return 0
+        self._setattr(path, None, size=length)
+        return 0
+
+    # ---- names --------------------------------------------------------------------------------
+
+    @fuse_op
+    def mkdir(self, path: str, mode: int) -> int:
+        self._check_writable()
+        parent, name = self._split(path)
+        uid, gid = self._caller()
+        attr = self.run(self.client.mkdir(parent, name, stat.S_IMODE(mode), uid=uid, gid=gid))
+        self._entry_changed(path)
+        self.names.put(path, attr)
+        self.names.mark_complete(attr.inode)
+        return 0
+
+    @fuse_op
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        self._check_writable()
+        parent, name = self._split(path)
+        uid, gid = self._caller()
+        attr, _ = self.run(self.client.create(parent, name, mode, exclusive=True, uid=uid, gid=gid, rdev=dev))
+        self._entry_changed(path)
+        self.names.put(path, attr)
+        return 0
+
+    @fuse_op
+    def symlink(self, target: str, source: str) -> int:
+        """`ln -s source target`: `target` is the new name, `source` what it points to."""
+        self._check_writable()
+        parent, name = self._split(target)
+        uid, gid = self._caller()
+        reply = self.run(self.client.master.call("symlink", parent=parent, name=name, target=source, uid=uid,
+                                                 gid=gid))
+        self._entry_changed(target)
+        self.names.put(target, Attr.from_json(reply["attr"]))
+        return 0
+
+    @fuse_op
+    def readlink(self, path: str) -> str:
+        return self.run(self.client.readlink_inode(self._attr(path).inode))
+
+    @fuse_op
+    def link(self, target: str, source: str) -> int:
+        """`ln source target`."""
+        self._check_writable()
+        inode = self._attr(source).inode
+        parent, name = self._split(target)
+        attr = self.run(self.client.link(inode, parent, name))
+        self._entry_changed(target)
+        self._other_names_changed(attr.inode, target)  # their nlink and ctime moved
+        self._changed(target, attr)
+        return 0
+
+    @fuse_op
+    def unlink(self, path: str) -> int:
+        hidden = self._hidden.pop(path, None)
+        if hidden is not None:  # libfuse drops the name it hid an unlinked file under
+            with self._lock:
+                open_file = self._files.get(hidden)
+                if open_file is not None:  # still open here after all: forget at its last close
+                    open_file.forget_on_close = True
+                    return 0
+            self.run(self.client.forget(hidden))
+            return 0
+        self._check_writable()
+        parent, name = self._split(path)
+        inode = self._attr(path).inode
+        self._removals += 1
+        self.run(self.client.unlink(parent, name, held=self._held()))
+        self._entry_changed(path)
+        self.names.forget_path(path)
+        self.names.put_missing(path)
+        self._other_names_changed(inode)
+        self.names.forget_attr(inode)
+        return 0
+
+    @fuse_op
+    def rmdir(self, path: str) -> int:
+        self._check_writable()
+        parent, name = self._split(path)
+        self.run(self.client.rmdir(parent, name))
+        self._entry_changed(path)
+        self.names.forget_tree(path)
+        self.names.put_missing(path)
+        return 0
+
+    @fuse_op
+    def rename(self, old: str, new: str, flags: int = 0) -> int:
+        self._check_writable()
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE):
+            raise FuseOSError(errno.EINVAL)
+        if new.rsplit("/", 1)[1].startswith(HIDDEN_PREFIX) and not flags:
+            return self._hide(old, new)
+        parent, name = self._split(old)
+        new_parent, new_name = self._split(new)
+        moved, replaced = self.names.inode_of(old), self.names.inode_of(new)
+        self._removals += 1
+        self.run(self.client.rename_entry(parent, name, new_parent, new_name, noreplace=bool(flags & RENAME_NOREPLACE),
+                                          exchange=bool(flags & RENAME_EXCHANGE), held=self._held()))
+        for path in (old, new):
+            self._entry_changed(path)
+            self.names.forget_tree(path)
+            self.names.forget_path(path)
+        for inode in (moved, replaced):  # ctime (and a replaced file's nlink) moved under every name
+            if inode is not None:
+                self._other_names_changed(inode, old, new)
+        if not flags & RENAME_EXCHANGE:
+            self.names.put_missing(old)
+        return 0
+
+    def _hide(self, old: str, hidden: str) -> int:
+        """libfuse hides an open file it must unlink: unlink it for real, keep the name locally."""
+        inode = self._attr(old).inode
+        self.unlink(old)
+        self._hidden[hidden] = inode
+        return 0
+
+    # ---- folders ------------------------------------------------------------------------------
+
+    @fuse_op
+    def opendir(self, path: str) -> int:
+        attr = self._attr(path)
+        if not attr.is_dir:
+            raise FuseOSError(errno.ENOTDIR)
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._dirs[fh] = (attr.inode, path)
+        return fh
+
+    @fuse_op
+    def readdir(self, path: str | None, fh: Any) -> list[Any]:
+        folder = self._dirs.get(_fh(fh))
+        if folder is None:
+            raise FuseOSError(errno.EBADF)
+        inode, path = folder
+        prefix = path.rstrip("/") + "/"
+        parent = ROOT_INODE if path == "/" else (self.names.inode_of(parent_of(path)) or ROOT_INODE)
+        # glibc skips entries whose inode number is 0, so "." and ".." carry theirs
+        entries: list[Any] = [(".", {"st_mode": stat.S_IFDIR, "st_ino": inode}, 0),
+                              ("..", {"st_mode": stat.S_IFDIR, "st_ino": parent}, 0)]
+
+        async def listing() -> list[tuple[str, Attr]]:
+            return [item async for item in self.client.readdir(inode)]
+
+        for name, attr in self.run(listing()):
+            self.names.put(prefix + name, attr)
+            entries.append((name, {"st_mode": attr.mode, "st_ino": attr.inode}, 0))
+        self.names.mark_complete(inode)
+        return entries
+
+    def releasedir(self, path: str | None, fh: Any) -> int:
+        self._dirs.pop(_fh(fh), None)
+        return 0
+
+    def fsyncdir(self, path: str | None, datasync: int, fh: Any) -> int:
+        return 0
+
+    @fuse_op
+    def statfs(self, path: str) -> dict[str, int]:
+        info = self.run(self.client.statfs())
+        block = 4096
+        free = int(info.get("free", 0))
+        return {
+            "f_bsize": IO_BLOCK, "f_frsize": block, "f_blocks": int(info.get("total", 0)) // block,
+            "f_bfree": free // block, "f_bavail": free // block, "f_files": int(info.get("files", 0)) + 1_000_000,
+            "f_ffree": 1_000_000, "f_favail": 1_000_000, "f_namemax": NAME_MAX,
+        }
+
+    # ---- files --------------------------------------------------------------------------------
+
+    def _register(self, attr: Attr, fi: Any) -> None:
+        """Attach a new file handle for `attr` to fi, sharing the inode's open state."""
+        with self._lock:
+            open_file = self._files.get(attr.inode)
+            if open_file is None:
+                handle = FileHandle(self.client, attr)
+                open_file = OpenFile(handle, self.loop, self.budget, self.options.write_buffer,
+                                     self.options.read_ahead)
+                self._files[attr.inode] = open_file
+                open_file.removals_at_open = self._removals
+                seen = self._seen.get(attr.inode)
+                fi.keep_cache = 1 if seen == (attr.mtime_ns, attr.size) else 0
+            else:
+                fi.keep_cache = 1
+            open_file.refs += 1
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = open_file
+        fi.fh = fh
+
+    @fuse_op
+    def create(self, path: str, mode: int, fi: Any = None) -> int:
+        self._check_writable()
+        parent, name = self._split(path)
+        uid, gid = self._caller()
+        exclusive = bool(fi.flags & os.O_EXCL) if fi is not None else True
+        attr, _ = self.run(self.client.create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
+        self._entry_changed(path)
+        self.names.put(path, attr)
+        self._register(attr, fi)
+        return 0
+
+    @fuse_op
+    def open(self, path: str, fi: Any) -> int:
+        if self.options.read_only and fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise FuseOSError(errno.EROFS)
+        inode = self._attr(path).inode
+        existing = self._files.get(inode)
+        # close-to-open: a first open asks the master for fresh attributes
+        attr = existing.handle.attr if existing is not None else self.run(self.client.getattr(inode))
+        if attr.is_dir:
+            raise FuseOSError(errno.EISDIR)
+        self.names.put(path, attr)
+        self._register(attr, fi)
+        if fi.flags & os.O_TRUNC and attr.size:  # libfuse 3 passes O_TRUNC on (atomic_o_trunc)
+            open_file = self._handles[fi.fh]
+            open_file.truncate(0)
+            self.names.put(path, open_file.handle.attr)
+        return 0
+
+    @fuse_op
+    def read(self, path: str | None, size: int, offset: int, fh: Any) -> bytes:
+        return self._open_file(fh).read(offset, size)
+
+    @fuse_op
+    def write(self, path: str | None, data: bytes, offset: int, fh: Any) -> int:
+        self._check_writable()
+        return self._open_file(fh).write(offset, data)
+
+    @fuse_op
+    def flush(self, path: str | None, fh: Any) -> int:
+        open_file = self._open_file(fh)
+        if open_file.dirty:
+            open_file.flush(durable=False)
+            self.names.put_attr(open_file.handle.attr)
+        return 0
+
+    @fuse_op
+    def fsync(self, path: str | None, datasync: int, fh: Any) -> int:
+        open_file = self._open_file(fh)
+        open_file.flush(durable=True)
+        self.names.put_attr(open_file.handle.attr)
+        return 0
+
+    @fuse_op
+    def release(self, path: str | None, fh: Any) -> int:
+        with self._lock:
+            open_file = self._handles.pop(_fh(fh), None)
+            if open_file is None:
+                return 0
+            open_file.refs -= 1
+            last = open_file.refs == 0
+            if last:
+                del self._files[open_file.inode]
+        if last:
+            try:
+                open_file.close()
+            finally:
+                attr = open_file.handle.attr
+                self._seen[attr.inode] = (attr.mtime_ns, attr.size)
+                reopened = attr.inode in self._files  # a newer open of it: that one's release decides
+                if not reopened and (open_file.forget_on_close or (open_file.removals_at_open != self._removals
+                                                                   and self._unlinked(attr.inode))):
+                    self.run(self.client.forget(attr.inode))
+        return 0
+
+    def _unlinked(self, inode: int) -> bool:
+        """Whether an unlink or rename while the file was open left it without a name."""
+        try:
+            return self.run(self.client.getattr(inode)).nlink == 0
+        except DfsError:
+            return False
+
+    @fuse_op
+    def fallocate(self, path: str | None, mode: int, offset: int, size: int, fh: Any) -> int:
+        self._check_writable()
+        if mode != 0:
+            raise FuseOSError(errno.EOPNOTSUPP)
+        open_file = self._open_file(fh)
+        end = offset + size
+        if end > open_file.size:
+            open_file.truncate(end)
+        return 0
+
+    # ---- extended attributes ------------------------------------------------------------------
+
+    @fuse_op
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        if name.startswith(ACL_PREFIX):
+            raise FuseOSError(errno.EOPNOTSUPP)
+        return self.run(self.client.getxattr(self._attr(path).inode, name))
+
+    @fuse_op
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
+        self._check_writable()
+        if name.startswith(ACL_PREFIX):  # no POSIX ACLs: tools such as cp -a then fall back to chmod
+            raise FuseOSError(errno.EOPNOTSUPP)
+        self.run(self.client.setxattr(self._attr(path).inode, name, bytes(value), options))
+        self.names.forget_path(path)
+        return 0
+
+    @fuse_op
+    def listxattr(self, path: str) -> list[str]:
+        return self.run(self.client.listxattr(self._attr(path).inode))
+
+    @fuse_op
+    def removexattr(self, path: str, name: str) -> int:
+        self._check_writable()
+        self.run(self.client.removexattr(self._attr(path).inode, name))
+        self.names.forget_path(path)
+        return 0

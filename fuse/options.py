@@ -1,0 +1,15 @@
+"""Settings of one mount (filled from the command line by `dfs mount`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class MountOptions:
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    write_buffer: int = 8 * 1024 * 1024
+    read_ahead: int = 8 * 1024 * 1024
+    memory_cap: int = 256 * 1024 * 1024
+    read_only: bool = False

@@ -1,0 +1,60 @@
+"""The background-job base: rounds, wake-ups, a failing round, and the throttle's rate."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from dfs.jobs import Job, Throttle, failsafe
+
+
+class Counter(Job):
+    name = "counter"
+
+    def __init__(self) -> None:
+        super().__init__(interval=60.0)
+        self.calls = 0
+
+    async def run_once(self) -> None:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("one bad round")
+
+
+async def test_job_rounds_wake_and_survive_a_failure() -> None:
+    job = Counter()
+    task = asyncio.create_task(job.run_forever())
+    try:
+        await asyncio.sleep(0.05)
+        assert job.calls == 1  # then waits for the interval
+        job.wake()
+        await asyncio.sleep(0.05)
+        assert job.calls == 2 and job.failures == 1
+        job.wake()
+        await asyncio.sleep(0.05)
+        assert job.calls == 3  # still running after the failed round
+    finally:
+        task.cancel()
+
+
+def test_failsafe_swallows_one_item() -> None:
+    done = []
+    for item in range(3):
+        with failsafe("test", f"item {item}"):
+            if item == 1:
+                raise ValueError("bad item")
+            done.append(item)
+    assert done == [0, 2]
+
+
+async def test_throttle_rate() -> None:
+    throttle = Throttle(10 * 1024 * 1024, burst=1024 * 1024)  # 10 MiB/s
+    start = time.monotonic()
+    for _ in range(6):
+        await throttle.consume(1024 * 1024)
+    elapsed = time.monotonic() - start
+    assert 0.4 <= elapsed <= 0.8  # 6 MiB, the first one from the burst
+    unlimited = Throttle(0)
+    start = time.monotonic()
+    await unlimited.consume(10**12)
+    assert time.monotonic() - start < 0.01
