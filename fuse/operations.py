@@ -40,6 +40,8 @@ log = logging.getLogger("dfs.fuse")
 
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+PREFETCH_AFTER_MISSES = 3  # lookups missing the cache in one folder before it is listed whole
+PREFETCH_MAX_ENTRIES = 20_000
 HIDDEN_PREFIX = ".fuse_hidden"
 ACL_PREFIX = "system.posix_acl_"
 RENAME_NOREPLACE = 1
@@ -81,6 +83,8 @@ class DfsOperations(mfusepy.Operations):
         self._removals = 0  # unlinks and renames so far: a file open across one may have lost its name
         self._hidden: dict[str, int] = {}  # libfuse's ".fuse_hidden..." name of an open, unlinked file
         self._fuse: Any = None  # libfuse's struct fuse, for invalidating what the kernel cached
+        self._misses: dict[str, tuple[int, float]] = {}  # folder -> (cache misses, since when)
+        self._told: dict[int, tuple[int, int]] = {}  # inode -> (size, mtime) the kernel was last given
         self._lock = threading.Lock()
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -101,6 +105,9 @@ class DfsOperations(mfusepy.Operations):
         if hidden is not None:
             return self.run(self.client.getattr(hidden))
         cached = self.names.lookup(path)
+        if cached is None and self._folder_is_busy(path):
+            self._list_folder(parent_of(path))
+            cached = self.names.lookup(path)
         if cached is False:
             raise FuseOSError(errno.ENOENT)
         if isinstance(cached, Attr):
@@ -114,9 +121,46 @@ class DfsOperations(mfusepy.Operations):
         self.names.put(path, attr)
         return attr
 
+    def _folder_is_busy(self, path: str) -> bool:
+        """Several misses in one folder within the cache time: worth listing it whole, once
+        (`ls -l`, `find`, a build's stat storm); each miss alone would cost a round trip."""
+        folder = parent_of(path)
+        now = time.monotonic()
+        count, since = self._misses.get(folder, (0, now))
+        if now - since > self.names.ttl:
+            count, since = 0, now
+        self._misses[folder] = (count + 1, since)
+        if count + 1 == PREFETCH_AFTER_MISSES:
+            if len(self._misses) > 10_000:
+                self._misses.clear()
+            return True
+        return False
+
+    def _list_folder(self, folder: str) -> None:
+        inode = self.names.inode_of(folder)
+        if inode is None:
+            return
+
+        async def listing() -> None:
+            count = 0
+            async for name, attr in self.client.readdir(inode):
+                self.names.put(folder.rstrip("/") + "/" + name, attr)
+                count += 1
+                if count >= PREFETCH_MAX_ENTRIES:
+                    return
+            self.names.mark_complete(inode)
+
+        try:
+            self.run(listing())
+        except DfsError as err:
+            log.debug("could not list %s ahead: %s", folder, err.message)
+
     def _dir_inode(self, path: str) -> int:
         if path == "/":
             return ROOT_INODE
+        known = self.names.inode_of(path)
+        if known is not None:
+            return known
         attr = self._attr(path)
         if not attr.is_dir:
             raise FuseOSError(errno.ENOTDIR)
@@ -140,8 +184,13 @@ class DfsOperations(mfusepy.Operations):
     def _stat(self, attr: Attr) -> dict[str, int]:
         open_file = self._files.get(attr.inode)
         if open_file is None:
+            self._told[attr.inode] = (attr.size, attr.mtime_ns)
             return stat_of(attr)
         return stat_of(attr, open_file.size, open_file.mtime_ns)
+
+    def _invalidate_kernel(self, path: str) -> None:
+        if self._fuse is not None:
+            mfusepy._libfuse.fuse_invalidate_path(self._fuse, path.encode("utf-8", "surrogateescape"))
 
     def _changed(self, path: str, attr: Attr) -> None:
         """Record new attributes of `path` (and of every other name of its inode)."""
@@ -157,12 +206,14 @@ class DfsOperations(mfusepy.Operations):
             if path in known:
                 continue
             self.names.forget_path(path)
-            if self._fuse is not None:
-                mfusepy._libfuse.fuse_invalidate_path(self._fuse, path.encode("utf-8", "surrogateescape"))
+            self._invalidate_kernel(path)
 
     def _entry_changed(self, path: str) -> None:
-        """A name was added or removed in the folder of `path`: its times and link count moved."""
-        self.names.forget_path(parent_of(path))
+        """A name was added or removed in the folder of `path`: its times and link count moved
+        (its own name, and what we know of its entries, stay good)."""
+        folder = self.names.inode_of(parent_of(path))
+        if folder is not None:
+            self.names.forget_attr(folder)
 
     # ---- mount lifecycle ----------------------------------------------------------------------
 
@@ -321,14 +372,15 @@ class DfsOperations(mfusepy.Operations):
             return 0
         self._check_writable()
         parent, name = self._split(path)
-        inode = self._attr(path).inode
+        attr = self._attr(path)
         self._removals += 1
         self.run(self.client.unlink(parent, name, held=self._held()))
         self._entry_changed(path)
         self.names.forget_path(path)
         self.names.put_missing(path)
-        self._other_names_changed(inode)
-        self.names.forget_attr(inode)
+        if attr.nlink > 1:
+            self._other_names_changed(attr.inode)
+        self.names.forget_attr(attr.inode)
         return 0
 
     @fuse_op
@@ -468,6 +520,12 @@ class DfsOperations(mfusepy.Operations):
         attr = existing.handle.attr if existing is not None else self.run(self.client.getattr(inode))
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
+        now_seen = (attr.size, attr.mtime_ns)
+        told, closed = self._told.get(inode), self._seen.get(inode)
+        if existing is None and ((told is not None and told != now_seen)
+                                 or (closed is not None and closed != (attr.mtime_ns, attr.size))):
+            # changed elsewhere since the kernel last heard: its cached size would cut or pad reads
+            self._invalidate_kernel(path)
         self.names.put(path, attr)
         self._register(attr, fi)
         if fi.flags & os.O_TRUNC and attr.size:  # libfuse 3 passes O_TRUNC on (atomic_o_trunc)

@@ -76,7 +76,7 @@ async def walk(m: Master, path: str) -> list[Entry]:
                     folders.append((r.id, child))
         return out
 
-    return await m.db.run_read(txn)
+    return await m.db.run_read(txn, background=True)
 
 
 # -- status, nodes, df --------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ async def status(m: Master, balance: dict[str, Any], drains: list[dict[str, Any]
     health = chunk_health(m, layout)
     files = await m.db.run_read(lambda conn: conn.execute(
         select(func.count(), func.coalesce(func.sum(inodes.c.size), 0))
-        .where(inodes.c.mode.op("&")(S_IFMT) == stat.S_IFREG)).one())
+        .where(inodes.c.mode.op("&")(S_IFMT) == stat.S_IFREG)).one(), background=True)
     healthy = (nodes["dead"] == 0 and health["missing"] == 0 and health["under_replicated"] == 0
                and health["corrupt"] == 0)
     return {"healthy": healthy, "nodes": nodes, "capacity": capacity, "chunks": health,
@@ -133,7 +133,7 @@ async def nodes(m: Master) -> dict[str, Any]:
         beats = {r.id: float(r.last_heartbeat) for r in conn.execute(select(servers.c.id, servers.c.last_heartbeat))}
         return counts, beats
 
-    counts, beats = await m.db.run_read(txn)
+    counts, beats = await m.db.run_read(txn, background=True)
     live = {s.id for s in m.registry.live()}
     now = time.monotonic()
     out = []
@@ -154,7 +154,8 @@ async def df(m: Master) -> dict[str, Any]:
     up = [n for n in listing if n["state"] in ("live", "draining", "decommissioned")]
     in_service = [n for n in listing if n["state"] == "live"]
     files = await m.db.run_read(lambda conn: conn.scalar(
-        select(func.coalesce(func.sum(inodes.c.size), 0)).where(inodes.c.mode.op("&")(S_IFMT) == stat.S_IFREG)))
+        select(func.coalesce(func.sum(inodes.c.size), 0)).where(inodes.c.mode.op("&")(S_IFMT) == stat.S_IFREG)),
+        background=True)
     total = sum(n["capacity"] for n in in_service)
     used = sum(n["used"] for n in up)
     return {"size": total, "used": used, "free": sum(n["free"] for n in in_service),

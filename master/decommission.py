@@ -236,7 +236,7 @@ class Decommissioner:
                      .where(replicas.c.server_id == server_id, replicas.c.version != chunks.c.version))
             return [(r.chunk_id, r.version) for r in conn.execute(query)]
 
-        return await self.m.db.run_read(txn)
+        return await self.m.db.run_read(txn, background=True)
 
     async def _drop_stale(self, server_id: int, stale: list[tuple[int, int]]) -> None:
         wall = time.time()

@@ -82,7 +82,7 @@ async def load_layout(db: Database, chunk_size: int, inode_ids: Iterable[int] | 
         queued = {(r.chunk_id, r.server_id) for r in conn.execute(select(garbage.c.chunk_id, garbage.c.server_id))}
         return Layout(chunk_size, places, queued)
 
-    return await db.run_read(txn)
+    return await db.run_read(txn, background=True)
 
 
 def _add_replicas(conn: Connection, places: dict[int, ChunkPlace], everything: bool) -> None:

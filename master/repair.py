@@ -105,7 +105,7 @@ class Repair(Job):
         if not self.registry.settled():  # servers are still coming back after a master start
             return
         started = time.monotonic()
-        found = await self.db.run_read(lambda conn: _scan(conn, self.config.chunk_size))
+        found = await self.db.run_read(lambda conn: _scan(conn, self.config.chunk_size), background=True)
         live = {s.id: s for s in self.registry.live()}
         maintenance = {s.id for s in self.registry.in_maintenance()}
         hosts = [s for s in live.values() if s.accepts_chunks]  # servers that may receive copies

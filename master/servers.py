@@ -31,6 +31,7 @@ log = logging.getLogger("master.servers")
 _BATCH = 500
 #: At most this many deletions go out in one heartbeat reply; the rest wait for the next.
 MAX_DELETES_PER_HEARTBEAT = 10_000
+FILES_COUNT_TTL = 5.0  # seconds statfs reuses its count of inodes
 BAD_PROBLEMS = ("corrupt", "missing", "stale", "unreachable")
 
 
@@ -79,6 +80,8 @@ class Registry:
         #: Recent bad-replica reports (chunk_id, server_id, version, problem), newest last, for `dfs admin status`.
         self.recent_bad: deque[tuple[int, int, int, str]] = deque(maxlen=10_000)
         self.started = time.monotonic()
+        self._files = 0
+        self._files_counted_at = -FILES_COUNT_TTL
         #: chunk id -> server ids that reported it pending at its current version while holding its last
         #: copy (kept, not dropped): master/recovery.py decides.
         self.suspects: dict[int, set[int]] = {}
@@ -323,8 +326,12 @@ class Registry:
 
     async def statfs(self) -> dict[str, Any]:
         live = self.live()
-        files = await self.db.run_read(lambda conn: conn.scalar(select(func.count()).select_from(inodes)),
-                                       snapshot=False)
+        now = time.monotonic()
+        if now - self._files_counted_at > FILES_COUNT_TTL:  # a count(*) is a scan: not for every df
+            self._files = await self.db.run_read(lambda conn: conn.scalar(select(func.count()).select_from(inodes)),
+                                                 snapshot=False, background=True)
+            self._files_counted_at = now
+        files = self._files
         return {"total": sum(s.capacity for s in live), "used": sum(s.used for s in live),
                 "free": sum(s.free for s in live), "files": int(files or 0),
                 "chunk_size": self.config.chunk_size, "servers_live": len(live)}
