@@ -337,10 +337,9 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(target)
         uid, gid = self._caller()
-        reply = self.run(self.client.master.call("symlink", parent=parent, name=name, target=source, uid=uid,
-                                                 gid=gid))
+        attr = self.run(self.client.symlink_entry(parent, name, source, uid=uid, gid=gid))
         self._entry_changed(target)
-        self.names.put(target, Attr.from_json(reply["attr"]))
+        self.names.put(target, attr)
         return 0
 
     @fuse_op

@@ -154,8 +154,10 @@ class Client:
     async def link(self, inode: int, new_parent: int, new_name: str) -> Attr:
         return await self._attr("link", inode=inode, new_parent=new_parent, new_name=new_name)
 
-    async def symlink_entry(self, parent: int, name: str, target: str) -> Attr:
-        return await self._attr("symlink", parent=parent, name=name, target=target, uid=self.uid, gid=self.gid)
+    async def symlink_entry(self, parent: int, name: str, target: str, uid: int | None = None,
+                            gid: int | None = None) -> Attr:
+        return await self._attr("symlink", parent=parent, name=name, target=target,
+                                uid=self.uid if uid is None else uid, gid=self.gid if gid is None else gid)
 
     async def readlink_inode(self, inode: int) -> str:
         return str((await self.master.call("readlink", inode=inode))["target"])
