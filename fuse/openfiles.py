@@ -21,6 +21,7 @@ import time
 from dfs.client.files import FileHandle
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
+from dfs.protocol import Attr
 from fuse.extents import DirtyExtents
 
 log = logging.getLogger("dfs.fuse")
@@ -222,9 +223,11 @@ class OpenFile:
             self._window = b""
             self._window_charged = 0
 
-    def forget_cached_data(self) -> None:
+    def refresh(self, attr: Attr) -> None:
+        """The file changed elsewhere (seen at an open): take its new attributes, drop what we read."""
         with self.lock:
             self._drop_window()
+            self.handle.refresh(attr)
 
     def close(self) -> None:
         """The last handle went away: flush, give the leases back, free the memory."""

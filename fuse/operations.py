@@ -516,12 +516,19 @@ class DfsOperations(mfusepy.Operations):
         inode = self._attr(path).inode
         existing = self._files.get(inode)
         # close-to-open: a first open asks the master for fresh attributes
-        attr = existing.handle.attr if existing is not None else self.run(self.client.getattr(inode))
+        # close-to-open: every open asks the master for fresh attributes, even while another handle
+        # (or a release the kernel has not sent yet) keeps our open state of the file alive
+        attr = self.run(self.client.getattr(inode))
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
-        now_seen = (attr.size, attr.mtime_ns)
+        if existing is not None:
+            if existing.dirty:
+                attr = existing.handle.attr  # our own unsent writes are the newest view
+            elif (existing.handle.attr.mtime_ns, existing.handle.attr.size) != (attr.mtime_ns, attr.size):
+                existing.refresh(attr)
+                self._invalidate_kernel(path)
         told, closed = self._told.get(inode), self._seen.get(inode)
-        if existing is None and ((told is not None and told != now_seen)
+        if existing is None and ((told is not None and told != (attr.size, attr.mtime_ns))
                                  or (closed is not None and closed != (attr.mtime_ns, attr.size))):
             # changed elsewhere since the kernel last heard: its cached size would cut or pad reads
             self._invalidate_kernel(path)

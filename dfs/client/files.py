@@ -49,8 +49,9 @@ class FileHandle:
 
     @property
     def dirty(self) -> bool:
-        """Written since the last commit (size and mtime not yet on the master)."""
-        return self._dirty or bool(self._unsynced)
+        """Written since the last commit (size and mtime not yet on the master); fsync may still
+        have chunks to sync when this is False."""
+        return self._dirty
 
     # ---- reading -------------------------------------------------------------------------
 
@@ -106,6 +107,12 @@ class FileHandle:
                 self._locations.setdefault(loc.index, loc)
             self._fetched.add(batch)
         return self._locations.get(index)
+
+    def refresh(self, attr: Attr) -> None:
+        """Take attributes fetched anew (close-to-open): new size, and locations asked again."""
+        self.attr = attr
+        self.size = attr.size
+        self._forget_locations()
 
     def _forget_locations(self) -> None:
         self._locations.clear()
@@ -203,8 +210,9 @@ class FileHandle:
             raise DfsError(last_error.errno if last_error else errno.EIO,
                            f"chunk slot {index} of inode {self.inode}: write failed "
                            f"after {WRITE_ATTEMPTS} attempts: {last_error.message if last_error else ''}")
-        self.size = max(self.size, index * self.chunk_size + within + len(data))
-        self._dirty = True
+        if data:  # an empty write only syncs: it must not commit a size (maybe stale by now) again
+            self.size = max(self.size, index * self.chunk_size + within + len(data))
+            self._dirty = True
         if sync:
             self._unsynced.discard(index)
         else:
@@ -243,7 +251,7 @@ class FileHandle:
         if self.closed:
             return
         try:
-            await self.flush()
+            await self.flush(durable=False)  # close(2) commits; only fsync(2) forces the disks
         finally:
             self.closed = True
             if self._leases:
