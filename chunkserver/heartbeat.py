@@ -27,6 +27,7 @@ import aiohttp
 from chunkserver import diskio
 from chunkserver.config import ChunkserverConfig
 from chunkserver.store import ChunkStore
+from dfs.client.rpc import json_reply
 from dfs.errors import DfsError
 
 log = logging.getLogger("chunkserver.heartbeat")
@@ -87,12 +88,7 @@ class Heartbeat:
     async def _post(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.config.master_url}/api/cs/{op}"
         async with self.session.post(url, json=body, timeout=REQUEST_TIMEOUT) as resp:
-            try:
-                reply = await resp.json(content_type=None)
-            except ValueError:
-                reply = None
-            if resp.status != 200:
-                raise DfsError.from_json(resp.status, reply)
+            reply = await json_reply(resp)
             if not isinstance(reply, dict):
                 raise DfsError(errno.EIO, f"master answered {op} with something other than a JSON object")
             return reply

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from sqlalchemy import Connection, delete, insert, select, update
 
+from dfs.client.rpc import json_reply
 from dfs.errors import DfsError
 from master import garbage
 from master.config import MasterConfig
@@ -170,12 +171,7 @@ class Replicator:
         try:
             async with self.session.post(f"{target.url}/chunks/{chunk_id}/replicate", json=body,
                                          timeout=timeout) as resp:
-                try:
-                    reply = await resp.json(content_type=None)
-                except ValueError:
-                    reply = None
-                if resp.status != 200:
-                    raise DfsError.from_json(resp.status, reply)
+                reply = await json_reply(resp)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise DfsError(errno.EIO, f"chunk {chunk_id}: target {target.url} unreachable: "
                            f"{exc or type(exc).__name__}") from None

@@ -24,6 +24,16 @@ async def error_from_response(resp: aiohttp.ClientResponse) -> DfsError:
     return DfsError.from_json(resp.status, body)
 
 
+async def json_reply(resp: aiohttp.ClientResponse) -> Any:
+    """The JSON body of a response; the DfsError it carries when the status is an error."""
+    if resp.status >= 400:
+        raise await error_from_response(resp)
+    try:
+        return await resp.json(content_type=None)
+    except ValueError:
+        raise DfsError(errno.EIO, f"{resp.url.host}:{resp.url.port} answered without JSON") from None
+
+
 class MasterClient:
     """`await master.call("lookup", parent=1, name="a")` -> the reply's JSON object.
 
