@@ -657,7 +657,10 @@ def _open_read(root: Path, chunk_id: int, version: int, length: int) -> tuple[in
         raise DfsError(errno.ENOENT, f"chunk {chunk_id}: no such chunk") from None
     if meta.version != version or meta.length != length or meta.pending:
         raise DfsError(errno.EAGAIN, f"chunk {chunk_id}: changed while being opened")
-    return os.open(data_path, os.O_RDONLY), meta.digests
+    try:
+        return os.open(data_path, os.O_RDONLY), meta.digests
+    except FileNotFoundError:  # meta without data: a damaged replica, quarantined like a bad checksum
+        raise ValueError("data file missing") from None
 
 
 def _read_slice(fd: int, digests: array, start: int, end: int, length: int) -> tuple[memoryview, int]:

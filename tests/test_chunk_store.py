@@ -202,6 +202,19 @@ async def test_checksum_mismatch_quarantines(tmp_path: Path) -> None:
     assert exc.value.errno == errno.ENOENT
 
 
+async def test_missing_data_file_quarantines(tmp_path: Path) -> None:
+    """A data file deleted by hand (meta file left) is a damaged replica, not a server error."""
+    store = await opened(tmp_path)
+    await write(store, 10, 1, 0, random.randbytes(1000))
+    data_path, meta_path = chunk_paths(tmp_path / "d0", 10)
+    data_path.unlink()
+    with pytest.raises(DfsError) as exc:
+        await read_all(store, 10, 1, 0, 1000)
+    assert exc.value.errno == errno.EBADMSG
+    assert 10 not in store.index and not meta_path.exists()
+    assert store.take_bad() == [{"chunk_id": 10, "version": 1, "problem": "corrupt"}]
+
+
 async def test_capacity(tmp_path: Path) -> None:
     store = await opened(tmp_path, capacity=MiB)
     await write(store, 10, 1, 0, bytes(MiB - 10))
