@@ -79,6 +79,11 @@ function duration(seconds) {
   return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
 }
 
+function shortDuration(seconds) {
+  const s = Math.round(seconds);
+  return s < 60 ? `${s}s` : s < 3600 ? `${Math.floor(s / 60)}m${pad(s % 60)}s` : `${Math.floor(s / 3600)}h${pad(Math.floor((s % 3600) / 60))}m`;
+}
+
 function setText(id, text) {
   $(id).textContent = text;
 }
@@ -115,7 +120,7 @@ function figures(pairs) {
 function renderSummary(st) {
   const n = st.nodes;
   setText("sum-nodes", `${n.live} / ${n.total} live`);
-  const other = ["dead", "unknown", "draining", "decommissioned"].filter((k) => n[k]).map((k) => `${n[k]} ${k}`);
+  const other = Object.entries(n).filter(([k, v]) => k !== "total" && k !== "live" && v).map(([k, v]) => `${v} ${k}`);
   setText("sum-nodes-sub", other.length ? other.join(" · ") : "all in service");
 
   const cap = st.capacity;
@@ -164,7 +169,7 @@ function renderHealth(chunks, repair) {
 
   if (!repair) return;
   const copies = repair.copies || {};
-  $("repair").replaceChildren(el("div", { class: "subhead" }, "Re-replication"), ...figures([
+  $("repair").replaceChildren(el("span", { class: "subhead" }, "Re-replication:"), ...figures([
     ["copies in flight", count(copies.in_flight)],
     ["copied", `${count(copies.copies)} (${bytes(copies.bytes)})`],
     ["failed", copies.failed ? count(copies.failed) : null],
@@ -181,7 +186,7 @@ function renderNodes(nodes, servers) {
     const util = n.utilisation;
     const live = load.get(n.id);
     const left = live && live.maintenance_left !== null && n.state === "maintenance"
-      ? ` (${duration(live.maintenance_left)} left)` : "";
+      ? el("span", { class: "muted" }, ` ${shortDuration(live.maintenance_left)} left`) : null;
     return el("tr", { dataset: { nodeId: String(n.id), state: n.state } },
       el("td", { class: "num" }, String(n.id)),
       el("td", { class: "url", title: `uuid ${n.uuid}` }, n.url),
