@@ -6,6 +6,9 @@
 "use strict";
 
 const REFRESH_MS = 3000;
+// The next refresh waits at least this many times as long as the last one took, so that a master
+// whose status is slow to compute (millions of chunks) spends at most a fifth of its time on a page.
+const BACKOFF = 5;
 const PAGE_SIZE = 500;
 const S_IFMT = 0o170000;
 const S_IFDIR = 0o040000;
@@ -262,10 +265,14 @@ function renderDecommissions(drains) {
 }
 
 let refreshing = false;
+let timer = null;
 
+/** Fetch everything and render it, then schedule the next round (none while the tab is hidden). */
 async function refresh() {
   if (refreshing) return;
   refreshing = true;
+  clearTimeout(timer);
+  const started = performance.now();
   try {
     const [st, nodes, balance, plain] = await Promise.all([
       api("../api/admin/status"), api("../api/admin/nodes"), api("../api/admin/balance"), api("../api/status"),
@@ -283,6 +290,7 @@ async function refresh() {
     banner.hidden = false;
   } finally {
     refreshing = false;
+    if (!document.hidden) timer = setTimeout(refresh, Math.max(REFRESH_MS, BACKOFF * (performance.now() - started)));
   }
 }
 
@@ -400,11 +408,11 @@ async function start() {
     $("browser-error").textContent = err.message;
     $("browser-error").hidden = false;
   }));
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden) refresh();
+  });
   openFolder();
   await refresh();
-  setInterval(() => {
-    if (!document.hidden) refresh();
-  }, REFRESH_MS);
 }
 
 start();
