@@ -121,6 +121,7 @@ class Cluster:
     master: Service | None = None
     chunkservers: list[Service] = field(default_factory=list)
     gateway: Service | None = None
+    gateway_port: int | None = None  # see plan_gateway
 
     @property
     def master_url(self) -> str:
@@ -135,9 +136,10 @@ class Cluster:
             port = self._port(0)
             data = self.root / "master"
             data.mkdir(parents=True, exist_ok=True)
+            gateway = [] if self.gateway_port is None else ["--gateway-url", f"http://127.0.0.1:{self.gateway_port}"]
             self.master = Service("master", [
                 "master", "--data", str(data), "--listen", f"127.0.0.1:{port}",
-                "--chunk-size", str(self.chunk_size), "--goal", str(self.goal), *self.master_args,
+                "--chunk-size", str(self.chunk_size), "--goal", str(self.goal), *gateway, *self.master_args,
             ], port, self.root / "master.log")
         self.master.start()
         self.master.wait_healthy()
@@ -160,9 +162,15 @@ class Cluster:
             service.wait_healthy()
         return service
 
+    def plan_gateway(self) -> int:
+        """The gateway's port, chosen before the master starts so that its dashboard links to the gateway."""
+        if self.gateway_port is None:
+            self.gateway_port = self._port(80)
+        return self.gateway_port
+
     def start_gateway(self) -> Service:
         if self.gateway is None:
-            port = self._port(80)
+            port = self.plan_gateway()
             self.gateway = Service("gateway", ["gateway", "--master", self.master_url,
                                                "--listen", f"127.0.0.1:{port}"], port, self.root / "gateway.log")
         self.gateway.start()
@@ -180,6 +188,8 @@ class Cluster:
         raise TimeoutError(f"master sees fewer than {count} live chunkservers")
 
     def start(self, chunkservers: int = 3, gateway: bool = True) -> Cluster:
+        if gateway:
+            self.plan_gateway()
         self.start_master()
         for _ in range(chunkservers):
             self.add_chunkserver()

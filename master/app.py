@@ -23,6 +23,7 @@ from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
 from dfs.web import MAX_JSON_BODY, Params, add_health, background, error_middleware, read_json
 from master.admin_api import add_admin_routes
 from master.config import MasterConfig
+from master.dashboard import add_dashboard_routes
 from master.db import Database
 from master.leases import LeaseTable
 from master.namespace import Namespace, attr_json
@@ -352,4 +353,5 @@ def create_app(config: MasterConfig) -> web.Application:
     app.router.add_get("/api/status", status)
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     add_health(app, "master")
+    add_dashboard_routes(app, config.gateway_url)  # / and /dashboard/: the web page (master/dashboard)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 
@@ -31,8 +32,21 @@ class ListenType(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class HttpUrlType(click.ParamType):
+    """An http(s) URL with a host, without its trailing slash."""
+
+    name = "URL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        parts = urlsplit(str(value))
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            self.fail(f"not an http(s) URL such as http://host:9480: {value!r}", param, ctx)
+        return str(value).rstrip("/")
+
+
 SIZE = SizeType()
 LISTEN = ListenType()
+HTTP_URL = HttpUrlType()
 
 master_option = click.option(
     "--master", "master_url", envvar="DFS_MASTER", default="http://127.0.0.1:9400", show_default=True,

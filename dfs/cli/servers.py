@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dfs.cli.options import LISTEN, SIZE, master_option
+from dfs.cli.options import HTTP_URL, LISTEN, SIZE, master_option
 from dfs.protocol import CHUNKSERVER_PORT, DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, GATEWAY_PORT, MASTER_PORT, MAX_GOAL
 from dfs.web import setup_logging
 
@@ -44,10 +44,13 @@ log_level_option = click.option(
 @click.option("--repair-concurrency", envvar="DFS_REPAIR_CONCURRENCY", default=2, show_default=True,
               show_envvar=True, type=click.IntRange(1, 64),
               help="Copies one chunkserver takes part in at once (as source or target).")
+@click.option("--gateway-url", envvar="DFS_GATEWAY_URL", default=None, show_envvar=True, type=HTTP_URL,
+              help="Public URL of the HTTP gateway: the dashboard's download links point there.")
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
                    dead_timeout: float, gc_grace: float, heartbeat_interval: float, maintenance_timeout: float,
-                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, log_level: str) -> None:
+                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, gateway_url: str | None,
+                   log_level: str) -> None:
     """Run the metadata master."""
     from master.config import MasterConfig
     from master.service import run_master
@@ -59,7 +62,7 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
                           chunk_size=chunk_size, goal=goal, dead_timeout=dead_timeout, gc_grace=gc_grace,
                           heartbeat_interval=heartbeat_interval, maintenance_timeout=maintenance_timeout,
                           lease_seconds=lease_seconds, repair_bandwidth=repair_bandwidth,
-                          repair_concurrency=repair_concurrency)
+                          repair_concurrency=repair_concurrency, gateway_url=gateway_url)
     asyncio.run(run_master(config))
 
 
