@@ -60,7 +60,11 @@ class Client:
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
             self.master = MasterClient(self._session, self.master_url, self.retry_for)
             self.chunkio = ChunkIO(self._session, self._report_bad, self.read_timeout)
-            info = await self.master.call("statfs")
+            try:
+                info = await self.master.call("statfs")
+            except BaseException:
+                await self.close()
+                raise
             self.chunk_size = int(info["chunk_size"])
         return self
 

@@ -38,7 +38,10 @@ async def json_reply(resp: aiohttp.ClientResponse) -> Any:
 def tls_reason(exc: aiohttp.ClientSSLError) -> str:
     """The certificate problem of a failed TLS connection, without aiohttp's repetition."""
     inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
-    return str(getattr(inner, "verify_message", None) or getattr(inner, "reason", None) or inner or exc)
+    detail = getattr(inner, "verify_message", None)
+    if detail:
+        return f"certificate verify failed: {detail}"
+    return str(getattr(inner, "reason", None) or inner or exc)
 
 
 class MasterClient:
