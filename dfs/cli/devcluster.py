@@ -43,6 +43,7 @@ dfs cluster running (state and logs in {state}):
   master       {cluster.master_url}   (DFS_MASTER={cluster.master_url})
   chunkservers {", ".join(s.url for s in cluster.chunkservers)}
   gateway      {gateway}{mounted}
+  secret       {cluster.secret_file} (chunkservers join with `dfs admin join-token --data {cluster.secret_file.parent}`)
 
 Try:
   curl -T README.md {gateway}/fs/README.md
