@@ -142,13 +142,15 @@ class ChunkTokens:
     """Mints and verifies chunk tokens with the chunk key."""
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
+        self._keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per token: the key is set up once
 
     def __repr__(self) -> str:
         return "ChunkTokens(<key hidden>)"
 
     def _sign(self, payload: str) -> str:
-        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+        mac = self._keyed.copy()
+        mac.update(payload.encode())
+        return _b64(mac.digest())
 
     def mint(self, op: str, chunk_id: int, version: int, lifetime: float, now: float | None = None) -> str:
         if op not in OPS:
