@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -291,3 +293,28 @@ def test_master_refuses_a_readable_secret(tmp_path: Path) -> None:
         assert "may be read by others" in master.log()
     finally:
         master.stop()
+
+
+def test_join_with_the_secret_file_and_the_printed_join_token(cluster: Cluster) -> None:
+    printed = subprocess.run([sys.executable, "-m", "dfs", "admin", "join-token", "--data",
+                              str(cluster.secret_file.parent)], capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0 and printed.stdout.strip() == cluster.join_token(), printed.stderr
+    copy = cluster.root / "secret-copy"
+    copy.write_bytes(cluster.secret_file.read_bytes())
+    copy.chmod(0o644)
+    port = free_port()
+    argv = ["chunkserver", "--master", cluster.master_url, "--data", str(cluster.root / "joiner"),
+            "--listen", f"127.0.0.1:{port}", "--secret-file", str(copy)]
+    refused = subprocess.run([sys.executable, "-m", "dfs", *argv], capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "DFS_JOIN_TOKEN"})
+    assert refused.returncode != 0 and "read by others" in refused.stderr
+    copy.chmod(0o600)
+    live = http_json("POST", cluster.master_url + "/api/statfs", {})[1]["servers_live"]
+    joiner = Service("joiner", argv, port, cluster.root / "joiner.log")
+    try:
+        joiner.start()
+        joiner.wait_healthy()
+        cluster.wait_servers(live + 1)
+        assert http_json("GET", joiner.url + "/health")[1]["registered"] is True
+    finally:
+        joiner.stop()
