@@ -25,7 +25,7 @@ from dfs import tls
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER
 from dfs.tokens import MAX_TOKEN_LENGTH, TOKEN_HEADER, Token
-from dfs.web import Handler, Params, add_health, error_middleware, read_json
+from dfs.web import Handler, Params, add_health, error_middleware, json_error, read_json
 
 log = logging.getLogger("chunkserver.app")
 
@@ -62,7 +62,9 @@ async def token_middleware(request: web.Request, handler: Handler) -> web.Stream
             request[TOKEN] = keys.tokens.verify(request.headers.get(TOKEN_HEADER))
         except DfsError as err:
             log.info("%s %s refused: %s", request.method, request.path, err.message)
-            raise
+            response = json_error(err)
+            response.headers["WWW-Authenticate"] = TOKEN_HEADER  # a 401 names how to authenticate
+            return response
     return await handler(request)
 
 

@@ -21,8 +21,18 @@ from dfs import tls
 from dfs.errors import DfsError
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
-from dfs.tokens import AUTH_HEADER, RequestVerifier
-from dfs.web import MAX_JSON_BODY, Params, add_health, background, error_middleware, parse_json, read_body, read_json
+from dfs.tokens import AUTH_HEADER, AUTH_SCHEME, RequestVerifier
+from dfs.web import (
+    MAX_JSON_BODY,
+    Params,
+    add_health,
+    background,
+    error_middleware,
+    json_error,
+    parse_json,
+    read_body,
+    read_json,
+)
 from master.admin_api import add_admin_routes
 from master.config import MasterConfig
 from master.db import Database
@@ -303,7 +313,9 @@ def _chunkserver_handler(op: Op, large: bool = False) -> Callable[[web.Request],
             request.app[VERIFIER].verify(request.headers.get(AUTH_HEADER), request.method, request.path, raw)
         except DfsError as err:
             log.warning("%s from %s refused: %s", request.path, request.remote, err.message)
-            raise
+            response = json_error(err)
+            response.headers["WWW-Authenticate"] = AUTH_SCHEME
+            return response
         return web.json_response(await op(request.app[MASTER_KEY], parse_json(raw)))
 
     return handle

@@ -191,6 +191,9 @@ def test_every_chunkserver_endpoint_refuses_bad_tokens(cluster: Cluster) -> None
                 assert not token or (token not in str(reply) and token.rsplit(".", 1)[1] not in str(reply))
             checked += 1
     assert checked >= 55
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{holder}/chunks", timeout=10)
+    assert refused.value.code == 401 and refused.value.headers["WWW-Authenticate"] == TOKEN_HEADER
     assert _state(cluster) == before  # nothing changed anywhere: data, versions, listings
     status, _ = _call("GET", f"{holder}/chunks/{cid}?version={version}", None, tokens.mint("read", cid, version, 60))
     assert status == 200  # and the same request with a good token works
