@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dfs.client import Client
 from dfs.launcher import Cluster, http_json
+from dfs.tokens import ChunkTokens
 from dfs.units import MiB, parse_size
 
 PARALLEL = 4
@@ -49,7 +50,8 @@ async def write_data(master_url: str, size: int) -> None:
         await client.upload("/bench.bin", source(), goal=1)
 
 
-async def plain_copy(source_url: str, target_url: str, chunk_list: list[dict]) -> tuple[int, float]:
+async def plain_copy(tokens: ChunkTokens, source_url: str, target_url: str,
+                     chunk_list: list[dict]) -> tuple[int, float]:
     """GET every chunk from the source and PUT it on the target under a fresh id; (bytes, seconds)."""
     slots = asyncio.Semaphore(PARALLEL)
     moved = 0
@@ -61,11 +63,14 @@ async def plain_copy(source_url: str, target_url: str, chunk_list: list[dict]) -
             fresh = 10**12 + n  # ids the master never issues: deleted afterwards
             async with slots, session.get(f"{source_url}/chunks/{chunk['chunk_id']}",
                                           params={"version": str(chunk["version"])},
-                                          headers={"Range": f"bytes=0-{chunk['length'] - 1}"}) as got:
+                                          headers={"Range": f"bytes=0-{chunk['length'] - 1}",
+                                                   **tokens.header("read", chunk["chunk_id"], chunk["version"],
+                                                                   600)}) as got:
                 got.raise_for_status()
                 async with session.put(f"{target_url}/chunks/{fresh}", params={"version": "1", "offset": "0"},
                                        data=got.content.iter_chunked(MiB),
-                                       headers={"Content-Length": str(chunk["length"])}) as put:
+                                       headers={"Content-Length": str(chunk["length"]),
+                                                **tokens.header("write", fresh, 1, 600)}) as put:
                     put.raise_for_status()
             moved += chunk["length"]
 
@@ -73,7 +78,8 @@ async def plain_copy(source_url: str, target_url: str, chunk_list: list[dict]) -
         await asyncio.gather(*(one(n, c) for n, c in enumerate(chunk_list)))
         seconds = time.perf_counter() - started
         for n in range(len(chunk_list)):
-            async with session.delete(f"{target_url}/chunks/{10**12 + n}", params={"version": "1"}):
+            async with session.delete(f"{target_url}/chunks/{10**12 + n}", params={"version": "1"},
+                                      headers=tokens.header("delete", 10**12 + n, 1, 600)):
                 pass
     return moved, seconds
 
@@ -96,9 +102,9 @@ def main() -> None:
         c = cluster.add_chunkserver(capacity=capacity)
         cluster.wait_servers(3)
 
-        _, listing = http_json("GET", a.url + "/chunks")
+        _, listing = http_json("GET", a.url + "/chunks", headers=cluster.token_header("list", 0))
         chunk_list = listing["chunks"]
-        plain_bytes, plain_s = asyncio.run(plain_copy(a.url, c.url, chunk_list))
+        plain_bytes, plain_s = asyncio.run(plain_copy(cluster.chunk_tokens(), a.url, c.url, chunk_list))
         started = time.perf_counter()
         subprocess.run(["sh", "-c", f"cp -r {base / 'cluster' / 'cs0' / 'chunks'} {base / 'cp-copy'} && sync"],
                        check=True)

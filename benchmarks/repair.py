@@ -36,13 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dfs.client.sync import SyncClient
 from dfs.launcher import Cluster, Service, http_json
+from dfs.tokens import TOKEN_HEADER, ClusterKeys
 from dfs.units import MiB, parse_size
 
 CHUNK = 64 * MiB
 
 
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=30) as resp:
+def get(url: str, headers: dict[str, str] | None = None) -> Any:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as resp:
         return json.loads(resp.read())
 
 
@@ -74,24 +75,29 @@ def at_goal(fs: SyncClient, path: str, goal: int) -> bool:
 
 
 def held(service: Service) -> dict[int, dict[str, Any]]:
-    return {c["chunk_id"]: c for c in get(service.url + "/chunks")["chunks"]}
+    token = ClusterKeys.from_join_token(service.env["DFS_JOIN_TOKEN"]).tokens.header("list", 0, 0, 600)
+    return {c["chunk_id"]: c for c in get(service.url + "/chunks", token)["chunks"]}
 
 
 def plain_copies(cluster: Cluster, a: Service, b: Service, count: int) -> tuple[float, float]:
     """MB/s of `curl GET a | curl PUT b` and of `cp` for `count` chunks that `a` holds."""
     chunks = [c for c in held(a).values() if c["length"] == CHUNK and not c["pending"]][:count]
+    tokens = cluster.chunk_tokens()
     started = time.perf_counter()
     for n, c in enumerate(chunks):
         fake = 10**15 + n  # a chunk id nobody uses; deleted right after
-        getter = subprocess.Popen(["curl", "-sf", f"{a.url}/chunks/{c['chunk_id']}?version={c['version']}"],
-                                  stdout=subprocess.PIPE)
+        read = tokens.mint("read", c["chunk_id"], c["version"], 600)
+        getter = subprocess.Popen(["curl", "-sf", "-H", f"{TOKEN_HEADER}: {read}",
+                                   f"{a.url}/chunks/{c['chunk_id']}?version={c['version']}"], stdout=subprocess.PIPE)
         subprocess.run(["curl", "-sf", "-o", "/dev/null", "-T", "-", "-H", f"Content-Length: {CHUNK}",
                         "-H", "Transfer-Encoding:", "-H", "Expect:",
+                        "-H", f"{TOKEN_HEADER}: {tokens.mint('write', fake, 1, 600)}",
                         f"{b.url}/chunks/{fake}?version=1&offset=0&sync=1"], stdin=getter.stdout, check=True)
         getter.wait()
     curl_rate = len(chunks) * CHUNK / MiB / (time.perf_counter() - started)
     for n in range(len(chunks)):
-        http_json("DELETE", f"{b.url}/chunks/{10**15 + n}?version=1")
+        http_json("DELETE", f"{b.url}/chunks/{10**15 + n}?version=1",
+                  headers=tokens.header("delete", 10**15 + n, 1, 600))
     a_index = cluster.chunkservers.index(a)
     b_dir = cluster.root / "cp-target"
     b_dir.mkdir(exist_ok=True)

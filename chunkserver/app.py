@@ -21,9 +21,11 @@ from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import MasterLink
 from chunkserver.scrubber import Scrubber
 from chunkserver.store import MAX_ID, ChunkStore
+from dfs import tls
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER
-from dfs.web import Handler, Params, add_health, error_middleware, read_json
+from dfs.tokens import MAX_TOKEN_LENGTH, TOKEN_HEADER, Token
+from dfs.web import Handler, Params, add_health, error_middleware, json_error, read_json
 
 log = logging.getLogger("chunkserver.app")
 
@@ -42,6 +44,37 @@ class Load:
 
 LOAD = web.AppKey("load", Load)
 SCRUBBER = web.AppKey("scrubber", Scrubber)
+
+
+#: Routes anyone may call; every other one needs a chunk token (dfs/tokens.py), checked here (401) and
+#: in its handler against the op, chunk and version it serves (`authorize`, 403).
+OPEN_PATHS = frozenset({"/health", "/metrics"})
+TOKEN = web.RequestKey("token", Token)
+
+
+@web.middleware
+async def token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path not in OPEN_PATHS:
+        keys = request.app[CONFIG].keys
+        if keys is None:
+            raise DfsError(errno.EAGAIN, "chunkserver has no cluster keys")
+        try:
+            request[TOKEN] = keys.tokens.verify(request.headers.get(TOKEN_HEADER))
+        except DfsError as err:
+            log.info("%s %s refused: %s", request.method, request.path, err.message)
+            response = json_error(err)
+            response.headers["WWW-Authenticate"] = TOKEN_HEADER  # a 401 names how to authenticate
+            return response
+    return await handler(request)
+
+
+def authorize(request: web.Request, op: str, chunk_id: int, version: int | None = None) -> None:
+    """403 unless the request's token grants `op` on this chunk (at `version`, when given)."""
+    try:
+        request[TOKEN].require(op, chunk_id, version)
+    except DfsError as err:
+        log.info("%s %s refused: %s", request.method, request.path, err.message)
+        raise
 
 
 @web.middleware
@@ -115,6 +148,7 @@ async def put_chunk(request: web.Request) -> web.Response:
     version = version_of(query)
     offset = query.int("offset", minimum=0, maximum=MAX_ID)
     sync = query.bool("sync", False)
+    authorize(request, "write", chunk_id, version)
     chunk_size = chunk_size_of(request)
     length = request.content_length
     if length is None:
@@ -125,13 +159,14 @@ async def put_chunk(request: web.Request) -> web.Response:
     if request.app[CONFIG].url.rstrip("/") in chain:
         raise DfsError(errno.EINVAL, f"{CHAIN_HEADER} names this server")
     result = await replication.chain_write(request.app[STORE], request.app[SESSION], chunk_id, version, offset,
-                                           length, sync, request.content, chain)
+                                           length, sync, request.content, chain, request.headers[TOKEN_HEADER])
     return web.json_response(result)
 
 
 async def get_chunk(request: web.Request) -> web.StreamResponse:
     chunk_id = chunk_id_of(request)
     version = version_of(Params(request.query))
+    authorize(request, "read", chunk_id, version)
     chunk_size = chunk_size_of(request)
     try:
         wanted = parse_range(request.headers.get("Range"), chunk_size)
@@ -169,7 +204,9 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
 
 
 async def chunk_info(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[STORE].info(chunk_id_of(request)))
+    chunk_id = chunk_id_of(request)
+    authorize(request, "read", chunk_id)  # of any version: info tells which one is here
+    return web.json_response(await request.app[STORE].info(chunk_id))
 
 
 async def truncate_chunk(request: web.Request) -> web.Response:
@@ -177,6 +214,7 @@ async def truncate_chunk(request: web.Request) -> web.Response:
     query = Params(request.query)
     version = version_of(query)
     length = query.int("length", minimum=0, maximum=MAX_ID)
+    authorize(request, "truncate", chunk_id, version)
     chunk_size = chunk_size_of(request)
     if length > chunk_size:
         raise DfsError(errno.ERANGE, f"chunk {chunk_id}: length {length} exceeds the chunk size {chunk_size}")
@@ -186,6 +224,7 @@ async def truncate_chunk(request: web.Request) -> web.Response:
 async def delete_chunk(request: web.Request) -> web.Response:
     chunk_id = chunk_id_of(request)
     version = version_of(Params(request.query))
+    authorize(request, "delete", chunk_id, version)
     return web.json_response({"deleted": await request.app[STORE].delete(chunk_id, version)})
 
 
@@ -200,9 +239,11 @@ async def replicate_chunk(request: web.Request) -> web.Response:
     if source == request.app[CONFIG].url.rstrip("/"):
         raise DfsError(errno.EINVAL, "'source' names this server")
     version = body.int("version", minimum=1, maximum=MAX_ID)
+    authorize(request, "replicate", chunk_id, version)
     rate = body.int("rate", 0, minimum=0, maximum=MAX_ID)
+    source_token = str(body.str("source_token", max_length=MAX_TOKEN_LENGTH))
     result = await copier.pull_chunk(request.app[STORE], request.app[SESSION], chunk_id, version, source,
-                                     rate or None)
+                                     source_token, rate or None)
     return web.json_response(result)
 
 
@@ -212,10 +253,12 @@ async def recover_chunk(request: web.Request) -> web.Response:
     query = Params(request.query)
     source = query.int("from", minimum=1, maximum=MAX_ID)
     target = query.int("to", minimum=1, maximum=MAX_ID)
+    authorize(request, "recover", chunk_id, target)
     return web.json_response(await request.app[STORE].recover(chunk_id, source, target))
 
 
 async def list_chunks(request: web.Request) -> web.Response:
+    authorize(request, "list", 0)
     return web.json_response({"chunks": request.app[STORE].list()})
 
 
@@ -225,7 +268,7 @@ def create_app(config: ChunkserverConfig) -> web.Application:
     The heartbeat task is added by `chunkserver.service`; without it the server stays unregistered
     unless `app[LINK]` is filled in by hand (tests).
     """
-    app = web.Application(middlewares=[error_middleware, load_middleware])
+    app = web.Application(middlewares=[error_middleware, token_middleware, load_middleware])
     app[CONFIG] = config
     app[LINK] = MasterLink()
     app[LOAD] = Load()
@@ -234,7 +277,7 @@ def create_app(config: ChunkserverConfig) -> web.Application:
         store = ChunkStore(config.data_dirs, config.capacity)
         await store.open()
         app[STORE] = store
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64)
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ssl=tls.client_context())
         async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
             app[SESSION] = session
             yield

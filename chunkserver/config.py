@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dfs.protocol import CHUNKSERVER_PORT, DEFAULT_MASTER_URL
+from dfs.tokens import ClusterKeys
 
 
 @dataclass(slots=True)
@@ -18,7 +19,11 @@ class ChunkserverConfig:
     public_url: str | None = None  # URL given to the master; default http://host:port
     scrub_rate: int = 50 * 1024 * 1024  # bytes per second the scrubber re-verifies; 0: no scrubbing
     scrub_interval: float = 600.0  # seconds from the start of one scrub pass to the start of the next, at least
+    keys: ClusterKeys | None = field(default=None, repr=False)  # from the join token: signs and checks
+    tls_cert: Path | None = None  # serve HTTPS with this certificate and tls_key
+    tls_key: Path | None = None
 
     @property
     def url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.port}"
+        scheme = "https" if self.tls_cert else "http"
+        return self.public_url or f"{scheme}://{self.host}:{self.port}"

@@ -32,6 +32,7 @@ from chunkserver.store import SLICE, ChunkStore
 from dfs.checksum import BLOCK_SIZE, block_digest, chunk_digest
 from dfs.errors import DfsError
 from dfs.jobs import Throttle
+from dfs.tokens import TOKEN_HEADER
 
 log = logging.getLogger("chunkserver.copier")
 
@@ -41,8 +42,9 @@ SOURCE_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=1
 _pulling: set[tuple[int, int]] = set()  # (id of the store, chunk id)
 
 
-async def _source_info(session: aiohttp.ClientSession, source: str, chunk_id: int) -> dict[str, Any]:
-    async with session.get(f"{source}/chunks/{chunk_id}/info", timeout=SOURCE_TIMEOUT) as resp:
+async def _source_info(session: aiohttp.ClientSession, source: str, chunk_id: int, token: str) -> dict[str, Any]:
+    async with session.get(f"{source}/chunks/{chunk_id}/info", headers={TOKEN_HEADER: token},
+                           timeout=SOURCE_TIMEOUT) as resp:
         body = await resp.json(content_type=None)
         if resp.status != 200:
             raise DfsError.from_json(resp.status, body)
@@ -109,14 +111,15 @@ class _TempWriter:
 
 
 async def pull_chunk(store: ChunkStore, session: aiohttp.ClientSession, chunk_id: int, version: int,
-                     source: str, rate: float | None = None) -> dict[str, Any]:
-    """Copy chunk `chunk_id` at `version` from `source` into this store; the reply of the endpoint."""
+                     source: str, source_token: str, rate: float | None = None) -> dict[str, Any]:
+    """Copy chunk `chunk_id` at `version` from `source` into this store, reading it there with
+    `source_token` (a read token the master issued with the order); the reply of the endpoint."""
     key = (id(store), chunk_id)
     if key in _pulling:
         raise DfsError(errno.EBUSY, f"chunk {chunk_id}: a copy is already being pulled")
     _pulling.add(key)
     try:
-        return await _pull(store, session, chunk_id, version, source.rstrip("/"), rate)
+        return await _pull(store, session, chunk_id, version, source.rstrip("/"), source_token, rate)
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
         log.warning("chunk %d v%d: copy from %s failed: %s", chunk_id, version, source, exc or type(exc).__name__)
         raise DfsError(errno.EIO, f"chunk {chunk_id}: source {source} failed: {exc or type(exc).__name__}") from None
@@ -128,9 +131,9 @@ async def pull_chunk(store: ChunkStore, session: aiohttp.ClientSession, chunk_id
 
 
 async def _pull(store: ChunkStore, session: aiohttp.ClientSession, chunk_id: int, version: int, source: str,
-                rate: float | None) -> dict[str, Any]:
+                token: str, rate: float | None) -> dict[str, Any]:
     started = time.monotonic()
-    info = await _source_info(session, source, chunk_id)
+    info = await _source_info(session, source, chunk_id, token)
     if info.get("version") != version or info.get("pending"):
         raise DfsError(errno.ESTALE, f"chunk {chunk_id}: {source} has v{info.get('version')}"
                        f"{' (pending)' if info.get('pending') else ''}, not v{version}")
@@ -150,7 +153,7 @@ async def _pull(store: ChunkStore, session: aiohttp.ClientSession, chunk_id: int
         installed = False
         try:
             if length:
-                headers = {"Range": f"bytes=0-{length - 1}"}
+                headers = {"Range": f"bytes=0-{length - 1}", TOKEN_HEADER: token}
                 async with session.get(f"{source}/chunks/{chunk_id}", params={"version": str(version)},
                                        headers=headers, timeout=SOURCE_TIMEOUT) as resp:
                     if resp.status >= 400:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from chunkserver import diskio
 from chunkserver.config import ChunkserverConfig
@@ -85,9 +86,18 @@ class Heartbeat:
         self.uuid: str | None = None
         self._failing = False
 
-    async def _post(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _signed(self, op: str, body: dict[str, Any]) -> tuple[str, bytes, dict[str, str]]:
+        """URL, body and headers of a request to the master, signed with the join token (dfs/tokens.py)."""
         url = f"{self.config.master_url}/api/cs/{op}"
-        async with self.session.post(url, json=body, timeout=REQUEST_TIMEOUT) as resp:
+        raw = json.dumps(body).encode()
+        assert self.config.keys is not None, "a chunkserver needs the cluster's join token"
+        headers = {"Content-Type": "application/json",
+                   **self.config.keys.sign_request("POST", URL(url).path, raw)}
+        return url, raw, headers
+
+    async def _post(self, op: str, body: dict[str, Any]) -> dict[str, Any]:
+        url, raw, headers = self._signed(op, body)
+        async with self.session.post(url, data=raw, headers=headers, timeout=REQUEST_TIMEOUT) as resp:
             reply = await json_reply(resp)
             if not isinstance(reply, dict):
                 raise DfsError(errno.EIO, f"master answered {op} with something other than a JSON object")
@@ -155,10 +165,9 @@ class Heartbeat:
         (maintenance) instead of re-replicating everything we hold. Best effort: a crash says nothing."""
         if self.link.server_id is None:
             return
-        url = f"{self.config.master_url}/api/cs/goodbye"
+        url, raw, headers = self._signed("goodbye", {"server_id": self.link.server_id})
         try:
-            async with self.session.post(url, json={"server_id": self.link.server_id},
-                                         timeout=GOODBYE_TIMEOUT) as resp:
+            async with self.session.post(url, data=raw, headers=headers, timeout=GOODBYE_TIMEOUT) as resp:
                 if resp.status != 200:
                     raise DfsError.from_json(resp.status, await resp.json(content_type=None))
             log.info("told the master at %s that we are stopping (maintenance)", self.config.master_url)

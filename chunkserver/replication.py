@@ -21,6 +21,7 @@ import aiohttp
 from chunkserver.store import ChunkStore
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER
+from dfs.tokens import TOKEN_HEADER
 
 log = logging.getLogger("chunkserver.replication")
 
@@ -51,8 +52,9 @@ class Downstream:
     """The forwarding half of a chain write: one PUT to the next reachable server of `chain`."""
 
     def __init__(self, session: aiohttp.ClientSession, chain: list[str], chunk_id: int, version: int,
-                 offset: int, length: int, sync: bool) -> None:
+                 offset: int, length: int, sync: bool, token: str) -> None:
         self._session = session
+        self._token = token  # the client's write token, good on every server of the chain
         self._chain = chain
         self._chunk_id = chunk_id
         self._params = {"version": str(version), "offset": str(offset), **({"sync": "1"} if sync else {})}
@@ -117,7 +119,8 @@ class Downstream:
             while chain:
                 url, rest = chain[0], chain[1:]
                 started = [False]
-                headers = {"Content-Length": str(self._length), "Content-Type": "application/octet-stream"}
+                headers = {"Content-Length": str(self._length), "Content-Type": "application/octet-stream",
+                           TOKEN_HEADER: self._token}
                 if rest:
                     headers[CHAIN_HEADER] = ",".join(rest)
                 try:
@@ -152,10 +155,11 @@ class Downstream:
 
 async def chain_write(store: ChunkStore, session: aiohttp.ClientSession, chunk_id: int, version: int,
                       offset: int, length: int, sync: bool, body: aiohttp.StreamReader,
-                      chain: list[str]) -> dict[str, Any]:
-    """Write `length` bytes of `body` at `offset` locally and down `chain`; the PUT reply."""
+                      chain: list[str], token: str) -> dict[str, Any]:
+    """Write `length` bytes of `body` at `offset` locally and down `chain` (forwarding the client's write
+    `token`); the PUT reply."""
     async with store.writer(chunk_id, version, offset, length, sync=sync) as writer:
-        downstream = Downstream(session, chain, chunk_id, version, offset, length, sync) if chain else None
+        downstream = Downstream(session, chain, chunk_id, version, offset, length, sync, token) if chain else None
         try:
             loop = asyncio.get_running_loop()
             received = 0

@@ -10,6 +10,7 @@ from chunkserver.app import CONFIG, LINK, LOAD, SCRUBBER, SESSION, STORE, create
 from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import Heartbeat
 from chunkserver.scrubber import Scrubber
+from dfs import tls
 from dfs.web import background, serve
 
 
@@ -45,4 +46,9 @@ async def run_chunkserver(config: ChunkserverConfig) -> None:
         raise SystemExit("dfs chunkserver: at least one --data folder is needed")
     for path in config.data_dirs:
         path.mkdir(parents=True, exist_ok=True)
-    await serve(build_app(config), config.host, config.port, name="chunkserver")
+    try:
+        context = tls.server_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key \
+            else None
+    except tls.TlsError as exc:
+        raise SystemExit(f"dfs chunkserver: {exc}") from None
+    await serve(build_app(config), config.host, config.port, name="chunkserver", ssl_context=context)

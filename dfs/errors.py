@@ -17,6 +17,8 @@ HTTP_STATUS: dict[int, int] = {
     errno.EINVAL: 400,
     errno.ENAMETOOLONG: 400,
     errno.ELOOP: 400,
+    errno.EKEYREJECTED: 401,  # a missing, malformed or forged token or signature (dfs/tokens.py)
+    errno.EKEYEXPIRED: 401,  # an expired token: ask the master for a fresh one
     errno.EACCES: 403,
     errno.EPERM: 403,
     errno.EROFS: 403,
@@ -43,7 +45,7 @@ HTTP_STATUS: dict[int, int] = {
 #: errno to assume for an HTTP status when the body carries no errno name (e.g. a proxy's error).
 STATUS_ERRNO: dict[int, int] = {
     400: errno.EINVAL,
-    401: errno.EACCES,
+    401: errno.EKEYREJECTED,
     403: errno.EACCES,
     404: errno.ENOENT,
     409: errno.EEXIST,

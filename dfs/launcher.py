@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfs import tls
 from dfs.protocol import DEFAULT_CHUNK_SIZE
+from dfs.tokens import SECRET_FILE, ChunkTokens, ClusterKeys, join_token, read_secret_file
 
 STARTUP_TIMEOUT = 20.0
 
@@ -31,12 +33,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    """A small blocking JSON request for tests; returns (status, decoded body)."""
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0,
+              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """A small blocking JSON request for tests; returns (status, decoded body). HTTPS verifies with the
+    process's CA (dfs/tls.py)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json", **(headers or {})})
+    context = tls.client_context() if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             raw = resp.read()
             return resp.status, json.loads(raw) if raw else None
     except urllib.error.HTTPError as err:
@@ -54,17 +60,19 @@ class Service:
     port: int
     log_path: Path
     proc: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # given at every start (e.g. DFS_JOIN_TOKEN)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, env: dict[str, str] | None = None) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "dfs", *self.args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            env={**os.environ, **self.env, **(env or {})}, start_new_session=True,
         )
         log.close()
 
@@ -110,6 +118,18 @@ class Service:
         return self.proc is not None and self.proc.poll() is None
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate and key every service serves HTTPS with, and the CA that signed it."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert", str(self.cert), "--tls-key", str(self.key), "--tls-ca", str(self.ca)]
+
+
 @dataclass
 class Cluster:
     root: Path
@@ -122,6 +142,33 @@ class Cluster:
     chunkservers: list[Service] = field(default_factory=list)
     gateway: Service | None = None
     gateway_port: int | None = None  # see plan_gateway
+    tls: TlsFiles | None = None  # every service on HTTPS; the CA also becomes this process's default
+
+    def __post_init__(self) -> None:
+        if self.tls is not None:
+            tls.set_default_ca(self.tls.ca)
+
+    @property
+    def scheme(self) -> str:
+        return tls.scheme(self.tls is not None)
+
+    def _tls_args(self) -> list[str]:
+        return self.tls.server_args() if self.tls else []
+
+    @property
+    def secret_file(self) -> Path:
+        return self.root / "master" / SECRET_FILE
+
+    def join_token(self) -> str:
+        """The chunkservers' credential, from the secret the master made in its data folder."""
+        return join_token(read_secret_file(self.secret_file))
+
+    def chunk_tokens(self) -> ChunkTokens:
+        """Mints chunk tokens as the master does (for tests that call chunkservers directly)."""
+        return ClusterKeys.from_secret(read_secret_file(self.secret_file)).tokens
+
+    def token_header(self, op: str, chunk_id: int, version: int = 0, lifetime: float = 600.0) -> dict[str, str]:
+        return self.chunk_tokens().header(op, chunk_id, version, lifetime)
 
     @property
     def master_url(self) -> str:
@@ -136,11 +183,12 @@ class Cluster:
             port = self._port(0)
             data = self.root / "master"
             data.mkdir(parents=True, exist_ok=True)
-            gateway = [] if self.gateway_port is None else ["--gateway-url", f"http://127.0.0.1:{self.gateway_port}"]
+            gateway = [] if self.gateway_port is None else ["--gateway-url", f"{self.scheme}://127.0.0.1:{self.gateway_port}"]
             self.master = Service("master", [
                 "master", "--data", str(data), "--listen", f"127.0.0.1:{port}",
-                "--chunk-size", str(self.chunk_size), "--goal", str(self.goal), *gateway, *self.master_args,
-            ], port, self.root / "master.log")
+                "--chunk-size", str(self.chunk_size), "--goal", str(self.goal), *gateway, *self._tls_args(),
+                *self.master_args,
+            ], port, self.root / "master.log", scheme=self.scheme)
         self.master.start()
         self.master.wait_healthy()
         return self.master
@@ -154,8 +202,9 @@ class Cluster:
         argv = ["chunkserver", "--master", self.master_url, "--data", str(data), "--listen", f"127.0.0.1:{port}"]
         if capacity:
             argv += ["--capacity", capacity]
-        argv += [*self.chunkserver_args, *(args or [])]
-        service = Service(f"chunkserver{index}", argv, port, self.root / f"cs{index}.log")
+        argv += [*self._tls_args(), *self.chunkserver_args, *(args or [])]
+        service = Service(f"chunkserver{index}", argv, port, self.root / f"cs{index}.log",
+                          env={"DFS_JOIN_TOKEN": self.join_token()}, scheme=self.scheme)
         self.chunkservers.append(service)
         if start:
             service.start()
@@ -171,8 +220,8 @@ class Cluster:
     def start_gateway(self) -> Service:
         if self.gateway is None:
             port = self.plan_gateway()
-            self.gateway = Service("gateway", ["gateway", "--master", self.master_url,
-                                               "--listen", f"127.0.0.1:{port}"], port, self.root / "gateway.log")
+            self.gateway = Service("gateway", ["gateway", "--master", self.master_url, "--listen", f"127.0.0.1:{port}",
+                                               *self._tls_args()], port, self.root / "gateway.log", scheme=self.scheme)
         self.gateway.start()
         self.gateway.wait_healthy()
         return self.gateway

@@ -99,6 +99,7 @@ class ChunkLocation:
     chunk_id: int
     version: int
     servers: list[Replica] = field(default_factory=list)
+    token: str = field(default="", repr=False)  # read token (dfs/tokens.py), sent to the chunkservers
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ChunkLocation:
@@ -107,6 +108,7 @@ class ChunkLocation:
             chunk_id=data["chunk_id"],
             version=data["version"],
             servers=[Replica(s["id"], s["url"]) for s in data.get("servers", [])],
+            token=str(data.get("token") or ""),
         )
 
 
@@ -120,6 +122,8 @@ class Lease:
     version: int
     servers: list[Replica]
     expires_in: float
+    token: str = field(default="", repr=False)  # write token for the chain
+    read_token: str = field(default="", repr=False)  # to read back what was written
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Lease:
@@ -130,4 +134,6 @@ class Lease:
             version=data["version"],
             servers=[Replica(s["id"], s["url"]) for s in data["servers"]],
             expires_in=float(data["expires_in"]),
+            token=str(data.get("token") or ""),
+            read_token=str(data.get("read_token") or ""),
         )

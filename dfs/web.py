@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
@@ -70,11 +71,21 @@ def _depth(value: Any, limit: int) -> int:
 
 async def read_json(request: web.Request, limit: int = MAX_JSON_BODY) -> Params:
     """The request's JSON object body as `Params`; 400 for anything else, 413 past `limit` bytes."""
+    return parse_json(await read_body(request, limit))
+
+
+async def read_body(request: web.Request, limit: int = MAX_JSON_BODY) -> bytes:
+    """The whole (small) request body; 413 past `limit` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
     raw = await request.content.read(limit + 1)
     if len(raw) > limit:
         raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
+    return raw
+
+
+def parse_json(raw: bytes) -> Params:
+    """A JSON object body as `Params`; 400 for anything else."""
     if not raw:
         return Params({})
     try:
@@ -184,17 +195,18 @@ def setup_logging(service: str, level: str = "INFO") -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-async def serve(app: web.Application, host: str, port: int, *, name: str) -> None:
-    """Run `app` until SIGINT/SIGTERM, then shut down cleanly (cleanup contexts run)."""
+async def serve(app: web.Application, host: str, port: int, *, name: str,
+                ssl_context: ssl.SSLContext | None = None) -> None:
+    """Run `app` until SIGINT/SIGTERM, then shut down cleanly (cleanup contexts run); HTTPS with a context."""
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)
+    site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
         raise SystemExit(f"dfs {name}: cannot listen on {host}:{port}: {exc.strerror}") from None
-    log.info("%s listening on http://%s:%d", name, host, port)
+    log.info("%s listening on %s://%s:%d", name, "https" if ssl_context else "http", host, port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -180,7 +180,8 @@ async def info(m: Master, session: aiohttp.ClientSession, path: str) -> dict[str
             return {"error": "server not live"}
         async with slots:
             try:
-                async with session.get(f"{url}/chunks/{chunk_id}/info") as resp:
+                async with session.get(f"{url}/chunks/{chunk_id}/info",
+                                       headers=m.config.token_header("read", chunk_id)) as resp:
                     body = await resp.json(content_type=None)
                     if resp.status != 200:
                         return {"error": DfsError.from_json(resp.status, body).code}

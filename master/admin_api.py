@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dfs import tls
 from dfs.errors import DfsError
 from dfs.names import PATH_MAX
 from dfs.protocol import MAX_GOAL
@@ -151,7 +152,8 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
 
 async def _jobs(app: web.Application) -> AsyncIterator[None]:
     master = _master(app)
-    async with aiohttp.ClientSession(timeout=SESSION_TIMEOUT) as session:
+    async with aiohttp.ClientSession(timeout=SESSION_TIMEOUT,
+                                     connector=aiohttp.TCPConnector(ssl=tls.client_context())) as session:
         mover = Mover(master, session)
         drainer = Decommissioner(master, mover)
         await drainer.load()

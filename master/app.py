@@ -17,10 +17,22 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dfs import tls
 from dfs.errors import DfsError
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
-from dfs.web import MAX_JSON_BODY, Params, add_health, background, error_middleware, read_json
+from dfs.tokens import AUTH_HEADER, AUTH_SCHEME, RequestVerifier
+from dfs.web import (
+    MAX_JSON_BODY,
+    Params,
+    add_health,
+    background,
+    error_middleware,
+    json_error,
+    parse_json,
+    read_body,
+    read_json,
+)
 from master.admin_api import add_admin_routes
 from master.config import MasterConfig
 from master.dashboard import add_dashboard_routes
@@ -62,6 +74,7 @@ class Master:
 
 CONFIG_KEY = web.AppKey("config", MasterConfig)
 MASTER_KEY = web.AppKey("master", Master)
+VERIFIER = web.AppKey("verifier", RequestVerifier)
 
 Op = Callable[[Master, Params], Awaitable[dict[str, Any]]]
 
@@ -293,6 +306,22 @@ def _handler(op: Op, large: bool = False) -> Callable[[web.Request], Awaitable[w
     return handle
 
 
+def _chunkserver_handler(op: Op, large: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """cs/*: only for chunkservers that sign the request with the cluster's join token (401 otherwise)."""
+    async def handle(request: web.Request) -> web.Response:
+        raw = await read_body(request, MAX_REGISTER_BODY if large else MAX_JSON_BODY)
+        try:
+            request.app[VERIFIER].verify(request.headers.get(AUTH_HEADER), request.method, request.path, raw)
+        except DfsError as err:
+            log.warning("%s from %s refused: %s", request.path, request.remote, err.message)
+            response = json_error(err)
+            response.headers["WWW-Authenticate"] = AUTH_SCHEME
+            return response
+        return web.json_response(await op(request.app[MASTER_KEY], parse_json(raw)))
+
+    return handle
+
+
 async def status(request: web.Request) -> web.Response:
     m = request.app[MASTER_KEY]
     servers = m.registry.summary()
@@ -320,7 +349,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG_KEY]
     db = Database(config.database_url)
     await db.start(config.goal)
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHUNKSERVER_TIMEOUT))
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHUNKSERVER_TIMEOUT),
+                                    connector=aiohttp.TCPConnector(ssl=tls.client_context()))
     try:
         registry = Registry(db, config)
         await registry.load()
@@ -348,8 +378,10 @@ def create_app(config: MasterConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[CONFIG_KEY] = config
     app.cleanup_ctx.append(_resources)
+    app[VERIFIER] = RequestVerifier(config.load_keys())
     for name, op in OPS.items():
-        app.router.add_post(f"/api/{name}", _handler(op, large=name == "cs/register"))
+        make = _chunkserver_handler if name.startswith("cs/") else _handler
+        app.router.add_post(f"/api/{name}", make(op, large=name == "cs/register"))
     app.router.add_get("/api/status", status)
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     add_health(app, "master")

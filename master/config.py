@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dfs.protocol import DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, MASTER_PORT
+from dfs.tokens import ClusterKeys, load_or_create_secret, read_secret_file
 
 
 @dataclass(slots=True)
@@ -25,7 +26,28 @@ class MasterConfig:
     repair_concurrency: int = 2  # copies one chunkserver takes part in at once (source or target)
     repair_interval: float = 2.0  # seconds between re-replication scans (sooner on events)
     gateway_url: str | None = None  # the HTTP gateway's public URL: the dashboard's download links point there
+    secret_file: Path | None = None  # default: <data_dir>/cluster.secret, made on first start
+    token_lifetime: float = 600.0  # seconds a chunk token the master issues stays valid (writes: the lease)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    keys: ClusterKeys | None = field(default=None, repr=False)  # from the secret (load_keys)
 
     @property
     def database_url(self) -> str:
         return self.db_url or f"sqlite+aiosqlite:///{self.data_dir / 'meta.db'}"
+
+    def load_keys(self) -> ClusterKeys:
+        """The keys derived from the cluster secret (made in the data folder on first start); SecretError."""
+        if self.keys is None:
+            secret = read_secret_file(self.secret_file) if self.secret_file else load_or_create_secret(self.data_dir)
+            self.keys = ClusterKeys.from_secret(secret)
+        return self.keys
+
+    def token_header(self, op: str, chunk_id: int, version: int = 0) -> dict[str, str]:
+        """The X-DFS-Token header of a request the master makes to a chunkserver."""
+        return self.load_keys().tokens.header(op, chunk_id, version, self.token_lifetime)
+
+    def token(self, op: str, chunk_id: int, version: int, lifetime: float | None = None) -> str:
+        """A chunk token for a client (reads) or another chunkserver (copies)."""
+        return self.load_keys().tokens.mint(op, chunk_id, version, self.token_lifetime if lifetime is None
+                                            else lifetime)

@@ -153,7 +153,8 @@ class Fsck:
         """GET /chunks of every live server: {server: {chunk_id: {version, length, pending}}}."""
         async def one(sid: int, url: str) -> tuple[int, dict[int, dict[str, Any]] | None, str]:
             try:
-                async with self.session.get(f"{url}/chunks", timeout=READ_TIMEOUT) as resp:
+                async with self.session.get(f"{url}/chunks", timeout=READ_TIMEOUT,
+                                            headers=self.m.config.token_header("list", 0)) as resp:
                     body = await resp.json(content_type=None)
                     if resp.status != 200:
                         return sid, None, f"HTTP {resp.status}"
@@ -179,6 +180,7 @@ class Fsck:
             async with slots:
                 try:
                     async with self.session.get(f"{url}/chunks/{c.chunk_id}", params={"version": str(c.version)},
+                                                headers=self.m.config.token_header("read", c.chunk_id, c.version),
                                                 timeout=READ_TIMEOUT) as resp:
                         if resp.status != 200:
                             err = DfsError.from_json(resp.status, await _json(resp))
@@ -288,7 +290,9 @@ class Fsck:
         url = self.m.registry.url(p.server_id or 0)
         try:
             async with self.session.post(f"{url}/chunks/{p.chunk_id}/truncate",
-                                         params={"version": str(p.version), "length": str(length)}) as resp:
+                                         params={"version": str(p.version), "length": str(length)},
+                                         headers=self.m.config.token_header("truncate", p.chunk_id or 0,
+                                                                            p.version or 0)) as resp:
                 if resp.status != 200:
                     err = DfsError.from_json(resp.status, await _json(resp))
                     p.repaired, p.note = False, f"truncate failed: {err.code} {err.message}"

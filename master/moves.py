@@ -31,6 +31,7 @@ from sqlalchemy import Connection, insert, select
 
 from dfs.errors import DfsError
 from master import garbage, replication
+from master.replication import replicate_order
 from master.schema import chunks, replicas
 from master.schema import garbage as garbage_table
 from master.servers import ServerInfo
@@ -305,7 +306,9 @@ async def copy_via(replication: object | None, master: Master, session: aiohttp.
             raise
     url = f"{target.url}/chunks/{chunk_id}/replicate"
     try:
-        async with session.post(url, json={"source": source.url, "version": version}, timeout=COPY_TIMEOUT) as resp:
+        async with session.post(url, json=replicate_order(master.config, chunk_id, version, source.url),
+                                headers=master.config.token_header("replicate", chunk_id, version),
+                                timeout=COPY_TIMEOUT) as resp:
             body = await resp.json(content_type=None)
             if resp.status != 200:
                 raise DfsError.from_json(resp.status, body)

@@ -550,7 +550,9 @@ class Namespace:
         async def cut(server_id: int, url: str) -> tuple[int, str, str | None]:
             try:
                 async with session.post(f"{url}/chunks/{tail.chunk_id}/truncate",
-                                        params={"version": str(tail.version), "length": str(tail.length)}) as resp:
+                                        params={"version": str(tail.version), "length": str(tail.length)},
+                                        headers=self.config.token_header("truncate", tail.chunk_id,
+                                                                         tail.version)) as resp:
                     if resp.status != 200:
                         return server_id, url, f"HTTP {resp.status}: {(await resp.text())[:200]}"
                     return server_id, url, None

@@ -72,7 +72,8 @@ class Placement:
         live = self._live()
         locations = [
             {"index": idx, "chunk_id": chunk_id, "version": version,
-             "servers": [{"id": s.id, "url": s.url} for s in self._by_load(live, ids)]}
+             "servers": [{"id": s.id, "url": s.url} for s in self._by_load(live, ids)],
+             "token": self.config.token("read", chunk_id, version)}
             for idx, (chunk_id, version, ids) in slots.items()
         ]
         return {"size": size, "chunk_size": self.config.chunk_size, "chunks": locations}
@@ -89,7 +90,7 @@ class Placement:
                     raise DfsError(errno.EBUSY, f"chunk {index} of inode {inode} is being written by another client")
                 if not exclude:
                     held.expiry = time.monotonic() + self.config.lease_seconds
-                    return held.to_json(time.monotonic())
+                    return self._lease_reply(held)
             live = self._live()
             grant, placed = await self.db.run_write(
                 lambda conn: self._grant(conn, inode, index, client, set(exclude), live))
@@ -99,7 +100,15 @@ class Placement:
                 log.info("chunk %d (inode %d slot %d) placed on servers %s", grant.chunk_id, inode, index,
                          ",".join(str(s.id) for s in placed))
             self.leases.put(grant)
-            return grant.to_json(time.monotonic())
+            return self._lease_reply(grant)
+
+    def _lease_reply(self, grant: Grant) -> dict[str, Any]:
+        """The lease with its tokens: `token` to write the chunk at its version (for the lease's
+        lifetime), `read_token` to read back what was written."""
+        reply = grant.to_json(time.monotonic())
+        reply["token"] = self.config.token("write", grant.chunk_id, grant.version, lifetime=reply["expires_in"])
+        reply["read_token"] = self.config.token("read", grant.chunk_id, grant.version)
+        return reply
 
     def _grant(self, conn: Connection, inode: int, index: int, client: str, exclude: set[int],
                live: dict[int, ServerInfo]) -> tuple[Grant, list[ServerInfo]]:

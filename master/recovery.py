@@ -150,6 +150,7 @@ class LeaseRecovery(Job):
         try:
             async with self.session.post(f"{url}/chunks/{chunk_id}/recover",
                                          params={"from": str(version), "to": str(version + 1)},
+                                         headers=self.config.token_header("recover", chunk_id, version + 1),
                                          timeout=INFO_TIMEOUT) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
@@ -184,7 +185,8 @@ class LeaseRecovery(Job):
             return None
         url = self.registry.url(server_id)
         try:
-            async with self.session.get(f"{url}/chunks/{chunk_id}/info", timeout=INFO_TIMEOUT) as resp:
+            async with self.session.get(f"{url}/chunks/{chunk_id}/info", timeout=INFO_TIMEOUT,
+                                        headers=self.config.token_header("read", chunk_id)) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status == 404:
                     return {}

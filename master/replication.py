@@ -167,9 +167,10 @@ class Replicator:
                     rate: float) -> dict[str, Any]:
         slowest = max(rate, MIN_COPY_RATE) if rate else MIN_COPY_RATE
         timeout = aiohttp.ClientTimeout(total=COPY_SLACK + self.config.chunk_size / slowest, sock_connect=5.0)
-        body = {"source": source.url, "version": version, "rate": int(rate or 0)}
+        body = {**replicate_order(self.config, chunk_id, version, source.url), "rate": int(rate or 0)}
         try:
             async with self.session.post(f"{target.url}/chunks/{chunk_id}/replicate", json=body,
+                                         headers=self.config.token_header("replicate", chunk_id, version),
                                          timeout=timeout) as resp:
                 reply = await json_reply(resp)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -199,6 +200,12 @@ class Replicator:
         seconds = self.stats["seconds"]
         return {**self.stats, "seconds": round(seconds, 3), "in_flight": len(self.copying),
                 "rate": round(self.stats["bytes"] / seconds) if seconds else None}
+
+
+def replicate_order(config: MasterConfig, chunk_id: int, version: int, source_url: str) -> dict[str, Any]:
+    """The body of `POST target/chunks/{id}/replicate`: the source and a read token for it (the target's
+    own permission, a replicate token, goes in the request's header)."""
+    return {"source": source_url, "version": version, "source_token": config.token("read", chunk_id, version)}
 
 
 async def copy_replica(master: Master, chunk_id: int, version: int, source: ServerInfo, target: ServerInfo, *,

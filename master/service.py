@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dfs import tls
+from dfs.tokens import SecretError
 from dfs.web import serve
 from master.app import create_app
 from master.config import MasterConfig
@@ -9,4 +11,10 @@ from master.config import MasterConfig
 
 async def run_master(config: MasterConfig) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    await serve(create_app(config), config.host, config.port, name="master")
+    try:
+        config.load_keys()
+        context = tls.server_context(config.tls_cert, config.tls_key) if config.tls_cert and config.tls_key \
+            else None
+    except (SecretError, tls.TlsError) as exc:
+        raise SystemExit(f"dfs master: {exc}") from None
+    await serve(create_app(config), config.host, config.port, name="master", ssl_context=context)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from dfs.client import Client
-from tests.harness import Cluster, http_json
+from tests.harness import Cluster, cs_json, http_json
 
 MiB = 1024 * 1024
 FILES = 10
@@ -260,7 +260,8 @@ def test_decommission_and_recommission(big: Cluster) -> None:
     after = {n["id"]: n for n in nodes(big)}
     assert after[victim["id"]]["state"] == "decommissioned" and after[victim["id"]]["chunks"] == 0
     # its files go with the garbage queue (heartbeat replies)
-    wait_for(lambda: not http_json("GET", victim["url"] + "/chunks")[1]["chunks"], 20, "the drained node to empty")
+    wait_for(lambda: not cs_json(big.chunk_tokens(), "GET", victim["url"] + "/chunks")[1]["chunks"], 20,
+             "the drained node to empty")
     assert digests(big, list(expected_digests())) == expected_digests()
     fsck = dfs(big, "admin", "fsck")
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
@@ -371,13 +372,15 @@ def test_fsck_orphan_and_decommission_refusal(small: Cluster) -> None:
     orphan_id = 10**9 + 7  # no chunk of the master has this id
     status, _ = http_json("GET", f"{target}/health")
     assert status == 200
-    req = urllib.request.Request(f"{target}/chunks/{orphan_id}?version=1&offset=0", data=b"x" * 1000, method="PUT")
+    req = urllib.request.Request(f"{target}/chunks/{orphan_id}?version=1&offset=0", data=b"x" * 1000, method="PUT",
+                                 headers=small.token_header("write", orphan_id, 1))
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
     report = dfs_json_code(small, "admin", "fsck")
     assert any(p["kind"] == "orphan" and p["chunk_id"] == orphan_id for p in report["problems"])
     assert dfs(small, "admin", "fsck", "--repair").returncode == 0
-    wait_for(lambda: all(c["chunk_id"] != orphan_id for c in http_json("GET", f"{target}/chunks")[1]["chunks"]),
+    wait_for(lambda: all(c["chunk_id"] != orphan_id
+                         for c in cs_json(small.chunk_tokens(), "GET", f"{target}/chunks")[1]["chunks"]),
              20, "the orphan to be deleted")
     # goal 3 on 3 servers: nowhere to drain to
     refused = dfs(small, "admin", "decommission", "1")
@@ -426,7 +429,8 @@ def _write_uncommitted(cluster: Cluster, inode: int, index: int, offset: int, da
     lease = http_json("POST", f"{cluster.master_url}/api/lease", {"inode": inode, "index": index, "client": client})[1]
     urls = [s["url"] for s in lease["servers"]]
     req = urllib.request.Request(f"{urls[0]}/chunks/{lease['chunk_id']}?version={lease['version']}&offset={offset}",
-                                 data=data, method="PUT", headers={"X-DFS-Chain": ",".join(urls[1:])})
+                                 data=data, method="PUT", headers={"X-DFS-Chain": ",".join(urls[1:]),
+                                                                   "X-DFS-Token": lease["token"]})
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200 and not json.loads(resp.read())["failed"]
     status, _ = http_json("POST", f"{cluster.master_url}/api/commit", {"inode": inode, "client": client})

@@ -26,9 +26,13 @@ from aiohttp import web
 from chunkserver.store import BLOCK_SIZE, chunk_paths
 from dfs.checksum import chunk_digest, digests_of
 from dfs.protocol import CHAIN_HEADER
-from tests.harness import Service, free_port, http_json
+from dfs.tokens import AUTH_HEADER, TOKEN_HEADER, ClusterKeys, RequestVerifier
+from tests.harness import Service, cs_json, free_port, http_json, request_token
 
 MiB = 1024 * 1024
+JOIN_TOKEN = "0123456789abcdef" * 4  # what the chunkservers of these tests join with
+KEYS = ClusterKeys.from_join_token(JOIN_TOKEN)
+TOKENS = KEYS.tokens
 
 
 @dataclass
@@ -42,20 +46,27 @@ class FakeMaster:
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
+    _verifier: RequestVerifier = field(default_factory=lambda: RequestVerifier(KEYS))
+
+    async def _signed(self, request: web.Request) -> Any:
+        """The body of a chunkserver request, checked as the real master does (401 unless signed)."""
+        raw = await request.read()
+        self._verifier.verify(request.headers.get(AUTH_HEADER), request.method, request.path, raw)
+        return json.loads(raw)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     async def _register(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await self._signed(request)
         self.registrations.append(body)
         ids = [r["uuid"] for r in self.registrations]
         return web.json_response({"server_id": ids.index(body["uuid"]) + 1, "chunk_size": self.chunk_size,
                                   "heartbeat_interval": 0.2})
 
     async def _heartbeat(self, request: web.Request) -> web.Response:
-        self.heartbeats.append(await request.json())
+        self.heartbeats.append(await self._signed(request))
         reply = {"delete": self.delete, "reregister": self.reregister}
         self.delete, self.reregister = [], False
         return web.json_response(reply)
@@ -121,7 +132,7 @@ class Servers:
                 "--listen", f"127.0.0.1:{port}"]
         if capacity:
             args += ["--capacity", capacity]
-        service = Service(f"cs{index}", args, port, self.root / f"cs{index}.log")
+        service = Service(f"cs{index}", args, port, self.root / f"cs{index}.log", env={"DFS_JOIN_TOKEN": JOIN_TOKEN})
         self.started.append(service)
         service.start()
         service.wait_healthy()
@@ -155,6 +166,7 @@ def servers(tmp_path: Path, master: FakeMaster) -> Iterator[Servers]:
 async def put(url: str, chunk_id: int, data: bytes, version: int = 1, offset: int = 0,
               chain: list[str] | None = None, **params: str) -> tuple[int, Any]:
     headers = {CHAIN_HEADER: ",".join(chain)} if chain else {}
+    headers[TOKEN_HEADER] = TOKENS.mint("write", chunk_id, version, 600)
     async with aiohttp.ClientSession() as session, session.put(
             f"{url}/chunks/{chunk_id}", params={"version": str(version), "offset": str(offset), **params},
             data=data, headers=headers) as resp:
@@ -164,6 +176,7 @@ async def put(url: str, chunk_id: int, data: bytes, version: int = 1, offset: in
 async def get(url: str, chunk_id: int, version: int = 1, range_: str | None = None,
               method: str = "GET") -> tuple[int, Any, Any]:
     headers = {"Range": range_} if range_ else {}
+    headers[TOKEN_HEADER] = TOKENS.mint("read", chunk_id, version, 600)
     async with aiohttp.ClientSession() as session, session.request(
             method, f"{url}/chunks/{chunk_id}", params={"version": str(version)}, headers=headers) as resp:
         body = await resp.read()
@@ -173,7 +186,7 @@ async def get(url: str, chunk_id: int, version: int = 1, range_: str | None = No
 
 
 def info(url: str, chunk_id: int) -> dict[str, Any]:
-    status, body = http_json("GET", f"{url}/chunks/{chunk_id}/info")
+    status, body = cs_json(TOKENS, "GET", f"{url}/chunks/{chunk_id}/info")
     assert status == 200, body
     return body
 
@@ -210,15 +223,15 @@ async def test_put_get_range_head_info_truncate_delete(servers: Servers) -> None
                                 "digest": chunk_digest(digests_of(model))}
     assert (await get(cs.url, 42, 4, "bytes=0-299999"))[2] == model
     # truncate
-    status, body = http_json("POST", f"{cs.url}/chunks/42/truncate?version=5&length=1000")
+    status, body = cs_json(TOKENS, "POST", f"{cs.url}/chunks/42/truncate?version=5&length=1000")
     assert status == 200 and body == {"chunk_id": 42, "version": 5, "length": 1000}
     assert (await get(cs.url, 42, 5, "bytes=0-1999"))[2] == model[:1000] + bytes(1000)
-    status, body = http_json("GET", f"{cs.url}/chunks")
+    status, body = cs_json(TOKENS, "GET", f"{cs.url}/chunks")
     assert body == {"chunks": [{"chunk_id": 42, "version": 5, "length": 1000, "pending": False}]}
     # delete: not when ours is newer
-    assert http_json("DELETE", f"{cs.url}/chunks/42?version=4") == (200, {"deleted": False})
-    assert http_json("DELETE", f"{cs.url}/chunks/42?version=5") == (200, {"deleted": True})
-    assert http_json("DELETE", f"{cs.url}/chunks/42?version=5") == (200, {"deleted": False})
+    assert cs_json(TOKENS, "DELETE", f"{cs.url}/chunks/42?version=4") == (200, {"deleted": False})
+    assert cs_json(TOKENS, "DELETE", f"{cs.url}/chunks/42?version=5") == (200, {"deleted": True})
+    assert cs_json(TOKENS, "DELETE", f"{cs.url}/chunks/42?version=5") == (200, {"deleted": False})
     assert (await get(cs.url, 42, 5))[0] == 404
     health = http_json("GET", f"{cs.url}/health")[1]
     assert health["used"] == 0 and health["service"] == "chunkserver" and health["capacity"] > 0
@@ -273,7 +286,8 @@ async def test_downstream_dying_midway(servers: Servers) -> None:
     async with aiohttp.ClientSession() as session:
         kill = asyncio.create_task(killer())
         async with session.put(f"{a.url}/chunks/11", params={"version": "1", "offset": "0"}, data=body(),
-                               headers={"Content-Length": str(MiB), CHAIN_HEADER: f"{b.url},{c.url}"}) as resp:
+                               headers={"Content-Length": str(MiB), CHAIN_HEADER: f"{b.url},{c.url}",
+                                        TOKEN_HEADER: TOKENS.mint("write", 11, 1, 60)}) as resp:
             status, reply = resp.status, await resp.json()
         await kill
     assert status == 200 and reply["failed"] == [b.url, c.url], reply
@@ -289,6 +303,7 @@ async def test_error_statuses(servers: Servers) -> None:
     assert (await put(cs.url, 1, b"data", version=2))[0] == 200
     async with aiohttp.ClientSession() as session:
         async def status_of(method: str, path: str, **kw: Any) -> tuple[int, Any]:
+            kw["headers"] = {**request_token(TOKENS, method, cs.url + path), **kw.get("headers", {})}
             async with session.request(method, cs.url + path, **kw) as resp:
                 return resp.status, await resp.json()
 
@@ -327,7 +342,8 @@ async def test_error_statuses(servers: Servers) -> None:
         assert (await status_of("PUT", f"/chunks/1?version=2&offset={MiB + 1}", data=b""))[0] == 416
         assert (await status_of("POST", f"/chunks/1/truncate?version=2&length={MiB + 1}"))[0] == 416
         for bad_range in [f"bytes={MiB}-", "bytes=-0", "bytes=5-4"]:
-            async with session.get(cs.url + "/chunks/1?version=2", headers={"Range": bad_range}) as resp:
+            async with session.get(cs.url + "/chunks/1?version=2",
+                                   headers={"Range": bad_range, TOKEN_HEADER: TOKENS.mint("read", 1, 2, 60)}) as resp:
                 assert resp.status == 416, bad_range
                 assert resp.headers["Content-Range"] == f"bytes */{MiB}"
         # 507 on a server with little room; nothing is left behind
@@ -335,7 +351,7 @@ async def test_error_statuses(servers: Servers) -> None:
         assert status == 200
         status, body = await put(small.url, 4, bytes(10))
         assert status == 507 and body["error"] == "ENOSPC", body
-        assert http_json("GET", small.url + "/chunks/4/info")[0] == 404
+        assert cs_json(TOKENS, "GET", small.url + "/chunks/4/info")[0] == 404
         health = http_json("GET", small.url + "/health")[1]
         assert health["capacity"] == 100 * 1024 and health["free"] == 5
 
@@ -344,15 +360,16 @@ async def test_short_body_leaves_chunk_pending(servers: Servers) -> None:
     cs = servers.start()
     assert (await put(cs.url, 2, b"a" * 1000))[0] == 200
     _reader, writer = await asyncio.open_connection("127.0.0.1", cs.port)
-    writer.write(b"PUT /chunks/2?version=2&offset=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n"
-                 + b"b" * 2000)
+    token = TOKENS.mint("write", 2, 2, 60).encode()
+    writer.write(b"PUT /chunks/2?version=2&offset=0 HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n"
+                 b"X-DFS-Token: " + token + b"\r\n\r\n" + b"b" * 2000)
     await writer.drain()
     await asyncio.sleep(0.3)
     writer.close()
     with contextlib.suppress(ConnectionError):
         await writer.wait_closed()
     pending = {"chunk_id": 2, "version": 2, "length": 2000, "pending": True}
-    wait_for(lambda: http_json("GET", cs.url + "/chunks")[1]["chunks"] == [pending], what="pending chunk")
+    wait_for(lambda: cs_json(TOKENS, "GET", cs.url + "/chunks")[1]["chunks"] == [pending], what="pending chunk")
     assert (await get(cs.url, 2, 2))[0] == 409
     # a later complete write at a newer version makes it readable again
     assert (await put(cs.url, 2, b"c" * 10, version=3))[0] == 200
@@ -386,12 +403,13 @@ async def test_mid_stream_mismatch_aborts_connection(tmp_path: Path) -> None:
         with open(chunk_paths(tmp_path / "cs0", 5)[0], "r+b") as f:  # in the third slice
             f.seek(2 * MiB + 100)
             f.write(bytes([data[2 * MiB + 100] ^ 1]))
-        async with aiohttp.ClientSession() as session, session.get(f"{cs.url}/chunks/5",
-                                                                   params={"version": "1"}) as resp:
+        async with aiohttp.ClientSession() as session, session.get(
+                f"{cs.url}/chunks/5", params={"version": "1"},
+                headers={TOKEN_HEADER: TOKENS.mint("read", 5, 1, 60)}) as resp:
             assert resp.status == 200
             with pytest.raises(aiohttp.ClientPayloadError):
                 await resp.read()
-        assert http_json("GET", f"{cs.url}/chunks/5/info")[0] == 404
+        assert cs_json(TOKENS, "GET", f"{cs.url}/chunks/5/info")[0] == 404
     finally:
         group.stop()
         fake.stop()
@@ -402,9 +420,9 @@ async def test_gc_through_heartbeat(servers: Servers, master: FakeMaster) -> Non
     for chunk_id in (1, 2, 3):
         assert (await put(cs.url, chunk_id, b"x" * 100, version=2))[0] == 200
     master.delete = [{"chunk_id": 1, "version": 2}, {"chunk_id": 2, "version": 1}, {"chunk_id": 99, "version": 1}]
-    wait_for(lambda: [c["chunk_id"] for c in http_json("GET", cs.url + "/chunks")[1]["chunks"]] == [2, 3],
+    wait_for(lambda: [c["chunk_id"] for c in cs_json(TOKENS, "GET", cs.url + "/chunks")[1]["chunks"]] == [2, 3],
              what="chunk 1 deleted")
-    body = http_json("GET", cs.url + "/chunks")[1]
+    body = cs_json(TOKENS, "GET", cs.url + "/chunks")[1]
     assert sorted(c["chunk_id"] for c in body["chunks"]) == [2, 3]  # chunk 2 is newer than the delete
     beat = wait_for(lambda: master.heartbeats[-1]["used"] == 200 and master.heartbeats[-1], what="heartbeat")
     assert beat["server_id"] == 1 and beat["capacity"] >= beat["free"] > 0

@@ -12,6 +12,7 @@ import pytest
 
 from dfs.client.sync import SyncClient
 from dfs.errors import DfsError
+from dfs.tokens import TOKEN_HEADER
 from tests.harness import Cluster, http_json
 
 MiB = 1024 * 1024
@@ -127,7 +128,8 @@ def test_every_replica_identical(fs: SyncClient, cluster: Cluster) -> None:
         assert len(chunk["servers"]) == 3, chunk
         infos = []
         for server in chunk["servers"]:
-            status, info = http_json("GET", f"{server['url']}/chunks/{chunk['chunk_id']}/info")
+            status, info = http_json("GET", f"{server['url']}/chunks/{chunk['chunk_id']}/info",
+                                     headers={TOKEN_HEADER: chunk["token"]})  # the read token of the location
             assert status == 200
             infos.append((info["version"], info["length"], info["digest"], info["pending"]))
         assert len(set(infos)) == 1, infos

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import itertools
+import json
 import stat
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +17,7 @@ from typing import Any
 import pytest
 
 from dfs.protocol import MAX_FILE_SIZE
+from dfs.tokens import ClusterKeys
 from tests.harness import Cluster, free_port, http_json
 
 CHUNK = 1024 * 1024
@@ -21,13 +25,24 @@ GiB = 1 << 30
 
 
 class Api:
-    """POST /api/<op> on one master; `api(op, ...)` expects success, `api.err(op, ...)` an error code."""
+    """POST /api/<op> on one master; `api(op, ...)` expects success, `api.err(op, ...)` an error code.
+    Chunkserver ops (cs/...) are signed with the cluster's join token, as chunkservers do."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def __init__(self, cluster: Cluster) -> None:
+        self.url = cluster.master_url
+        self.keys = ClusterKeys.from_join_token(cluster.join_token())
 
     def call(self, op: str, **body: Any) -> tuple[int, Any]:
-        return http_json("POST", f"{self.url}/api/{op}", body)
+        if not op.startswith("cs/"):
+            return http_json("POST", f"{self.url}/api/{op}", body)
+        raw = json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.url}/api/{op}", data=raw, method="POST", headers={
+            "Content-Type": "application/json", **self.keys.sign_request("POST", f"/api/{op}", raw)})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
 
     def __call__(self, op: str, **body: Any) -> Any:
         status, reply = self.call(op, **body)
@@ -78,7 +93,7 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
     cluster = Cluster(root=tmp_path_factory.mktemp("master"), chunk_size=CHUNK)
     try:
         cluster.start_master()
-        yield Api(cluster.master_url)
+        yield Api(cluster)
     finally:
         cluster.stop()
 
@@ -104,7 +119,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 @pytest.fixture
 def api(cluster: Cluster) -> Api:
-    return Api(cluster.master_url)
+    return Api(cluster)
 
 
 # -- basics ---------------------------------------------------------------------------------------
@@ -476,6 +491,9 @@ def test_lease_placement(api: Api) -> None:
     locations = api("chunks", inode=f)
     assert locations["size"] == 1000 and locations["chunk_size"] == CHUNK
     [loc] = locations["chunks"]
+    token = loc.pop("token")  # a read token of the chunk at its version (dfs/tokens.py)
+    assert token.startswith(f"read.{lease['chunk_id']}.3.")
+    assert other["token"].startswith(f"write.{lease['chunk_id']}.3.")
     assert loc == {"index": 0, "chunk_id": lease["chunk_id"], "version": 3,
                    "servers": other["servers"]}
     # each chunk gets a new id; goal from the inode
@@ -595,7 +613,7 @@ def test_truncate_drops_chunks_and_failed_replicas(api: Api) -> None:
 def test_dead_server(tmp_path: Path) -> None:
     cluster = _start(tmp_path, "--dead-timeout", "1")
     try:
-        api = Api(cluster.master_url)
+        api = Api(cluster)
         sid = api.register("s")
         f = api.create(1, "f", goal=1)["inode"]
         api("lease", inode=f, index=0, client="c")

@@ -15,9 +15,10 @@ from dfs.checksum import digests_of
 from dfs.client.sync import SyncClient
 from dfs.errors import DfsError
 from tests.faults.helpers import chunk_file, fast_cluster, flip, held, locations, pattern, upload
-from tests.harness import Cluster, free_port, http_json
+from tests.harness import Cluster, cs_json, free_port
 
 MiB = 1024 * 1024
+_cluster: Cluster  # of the module's `pair`
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, Sy
     cluster = fast_cluster(tmp_path_factory.mktemp("replication"), goal=1)
     try:
         cluster.start(chunkservers=2, gateway=False)
+        global _cluster
+        _cluster = cluster
         with SyncClient(cluster.master_url, retry_for=10) as fs:
             yield cluster, fs
     finally:
@@ -40,7 +43,10 @@ def _source_and_target(cluster: Cluster, fs: SyncClient, path: str) -> tuple[dic
 
 
 def _replicate(target: str, chunk_id: int, body: dict) -> tuple[int, dict]:
-    return http_json("POST", f"{target}/chunks/{chunk_id}/replicate", body)
+    """The copy order as the master gives it: a replicate token, and a read token for the source."""
+    tokens = _cluster.chunk_tokens()
+    body = {"source_token": tokens.mint("read", chunk_id, body["version"], 600), **body}
+    return cs_json(tokens, "POST", f"{target}/chunks/{chunk_id}/replicate", body)
 
 
 def test_replicate_copies_verifies_and_is_idempotent(pair: tuple[Cluster, SyncClient]) -> None:
@@ -51,8 +57,8 @@ def test_replicate_copies_verifies_and_is_idempotent(pair: tuple[Cluster, SyncCl
     code, reply = _replicate(target, loc["chunk_id"], {"source": source, "version": loc["version"]})
     assert code == 200, reply
     assert reply["copied"] == len(data) and reply["length"] == len(data) and not reply["pending"]
-    _, mine = http_json("GET", f"{target}/chunks/{loc['chunk_id']}/info")
-    _, theirs = http_json("GET", f"{source}/chunks/{loc['chunk_id']}/info")
+    _, mine = cs_json(cluster.chunk_tokens(), "GET", f"{target}/chunks/{loc['chunk_id']}/info")
+    _, theirs = cs_json(cluster.chunk_tokens(), "GET", f"{source}/chunks/{loc['chunk_id']}/info")
     assert mine == theirs
     code, again = _replicate(target, loc["chunk_id"], {"source": source, "version": loc["version"]})
     assert code == 200 and again["copied"] == 0  # already there, identical
@@ -84,11 +90,12 @@ def test_recover_endpoint(pair: tuple[Cluster, SyncClient]) -> None:
     upload(fs, "/recover", pattern(5000, 42))
     loc, source, _, _ = _source_and_target(cluster, fs, "/recover")
     cid, version = loc["chunk_id"], loc["version"]
-    code, reply = http_json("POST", f"{source}/chunks/{cid}/recover?from={version + 5}&to={version + 6}")
+    tokens = cluster.chunk_tokens()
+    code, reply = cs_json(tokens, "POST", f"{source}/chunks/{cid}/recover?from={version + 5}&to={version + 6}")
     assert code == 409 and reply["error"] == "ESTALE"
-    code, reply = http_json("POST", f"{source}/chunks/{cid}/recover?from={version}&to={version}")
+    code, reply = cs_json(tokens, "POST", f"{source}/chunks/{cid}/recover?from={version}&to={version}")
     assert code == 400
-    code, reply = http_json("POST", f"{source}/chunks/{cid}/recover?from={version}&to={version + 1}")
+    code, reply = cs_json(tokens, "POST", f"{source}/chunks/{cid}/recover?from={version}&to={version + 1}")
     assert code == 200 and reply["version"] == version + 1 and not reply["pending"]
 
 

@@ -18,6 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -462,3 +463,26 @@ def info_command(master_url: str, path: str, as_json: bool) -> None:
         _print_json(reply) if as_json else view.show_info(reply)
 
     run_admin(master_url, body)
+
+
+# -- join-token -----------------------------------------------------------------------------------------
+
+@admin_group.command("join-token")
+@click.option("--data", "data_dir", envvar="DFS_DATA", default=None, show_envvar=True,
+              type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="The master's data folder (holding cluster.secret).")
+@click.option("--secret-file", envvar="DFS_SECRET_FILE", default=None, show_envvar=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path), help="The cluster secret file.")
+def join_token_command(data_dir: Path | None, secret_file: Path | None) -> None:
+    """Print the join token chunkservers need (`dfs chunkserver --join-token`), from the cluster secret.
+
+    Run it on the master's machine; keep the token as secret as the secret (it lets a server join)."""
+    from dfs.tokens import SECRET_FILE, SecretError, join_token, read_secret_file
+
+    if (data_dir is None) == (secret_file is None):
+        raise click.UsageError("give the master's --data folder or the --secret-file")
+    try:
+        secret = read_secret_file(secret_file or data_dir / SECRET_FILE)  # type: ignore[operator]
+    except SecretError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(join_token(secret))

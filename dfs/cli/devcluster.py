@@ -44,6 +44,7 @@ dfs cluster running (state and logs in {state}):
   chunkservers {", ".join(s.url for s in cluster.chunkservers)}
   gateway      {gateway}{mounted}
   dashboard    {cluster.master_url}/dashboard/
+  secret       {cluster.secret_file} (chunkservers join with `dfs admin join-token --data {cluster.secret_file.parent}`)
 
 Try:
   curl -T README.md {gateway}/fs/README.md

@@ -1,12 +1,15 @@
-"""Click parameter types shared by the commands: sizes and listen addresses."""
+"""Click parameter types and options shared by the commands: sizes, listen addresses, master, TLS."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import click
 
+from dfs import tls
 from dfs.units import parse_listen, parse_size
 
 
@@ -48,7 +51,40 @@ SIZE = SizeType()
 LISTEN = ListenType()
 HTTP_URL = HttpUrlType()
 
-master_option = click.option(
+_master_url_option = click.option(
     "--master", "master_url", envvar="DFS_MASTER", default="http://127.0.0.1:9400", show_default=True,
-    show_envvar=True, help="URL of the master.",
+    show_envvar=True, help="URL of the master (https:// when the cluster runs TLS).",
 )
+
+
+def _set_ca(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    tls.set_default_ca(value)
+    return value
+
+
+#: Every command that talks to the cluster verifies its TLS certificates with this CA (the process default).
+tls_ca_option = click.option(
+    "--tls-ca", envvar=tls.CA_ENV, show_envvar=True, default=None, expose_value=False, callback=_set_ca,
+    is_eager=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="CA certificate that signed the cluster's TLS certificates [default: the system's].",
+)
+
+
+def master_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--master URL, and --tls-ca to verify it (and every other server of the cluster) with."""
+    return _master_url_option(tls_ca_option(f))
+
+
+def tls_server_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--tls-cert and --tls-key: serve HTTPS."""
+    f = click.option("--tls-key", envvar="DFS_TLS_KEY", show_envvar=True, default=None,
+                     type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                     help="Private key of --tls-cert (PEM).")(f)
+    return click.option("--tls-cert", envvar="DFS_TLS_CERT", show_envvar=True, default=None,
+                        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                        help="Serve HTTPS with this certificate chain (PEM); needs --tls-key.")(f)
+
+
+def check_tls_pair(cert: Path | None, key: Path | None) -> None:
+    if (cert is None) != (key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")

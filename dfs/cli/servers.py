@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dfs.cli.options import HTTP_URL, LISTEN, SIZE, master_option
+from dfs.cli.options import HTTP_URL, LISTEN, SIZE, check_tls_pair, master_option, tls_ca_option, tls_server_options
 from dfs.protocol import CHUNKSERVER_PORT, DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, GATEWAY_PORT, MASTER_PORT, MAX_GOAL
 from dfs.web import setup_logging
 
@@ -44,12 +44,20 @@ log_level_option = click.option(
 @click.option("--repair-concurrency", envvar="DFS_REPAIR_CONCURRENCY", default=2, show_default=True,
               show_envvar=True, type=click.IntRange(1, 64),
               help="Copies one chunkserver takes part in at once (as source or target).")
+@click.option("--secret-file", envvar="DFS_SECRET_FILE", default=None, show_envvar=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The cluster secret (mode 0600)  [default: DATA/cluster.secret, made on first start]")
+@click.option("--token-lifetime", envvar="DFS_TOKEN_LIFETIME", default=600.0, show_default=True, show_envvar=True,
+              type=click.FloatRange(5, 86400), help="Seconds a chunk read token stays valid (writes: the lease's).")
 @click.option("--gateway-url", envvar="DFS_GATEWAY_URL", default=None, show_envvar=True, type=HTTP_URL,
               help="Public URL of the HTTP gateway: the dashboard's download links point there.")
+@tls_server_options
+@tls_ca_option
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
                    dead_timeout: float, gc_grace: float, heartbeat_interval: float, maintenance_timeout: float,
-                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, gateway_url: str | None,
+                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, secret_file: Path | None,
+                   token_lifetime: float, tls_cert: Path | None, tls_key: Path | None, gateway_url: str | None,
                    log_level: str) -> None:
     """Run the metadata master."""
     from master.config import MasterConfig
@@ -57,12 +65,15 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
 
     if chunk_size < 64 * 1024 or chunk_size % (64 * 1024):
         raise click.BadParameter("must be a multiple of 64KiB", param_hint="--chunk-size")
+    check_tls_pair(tls_cert, tls_key)
     setup_logging("master", log_level)
     config = MasterConfig(data_dir=data_dir, host=listen[0], port=listen[1], db_url=db_url,
                           chunk_size=chunk_size, goal=goal, dead_timeout=dead_timeout, gc_grace=gc_grace,
                           heartbeat_interval=heartbeat_interval, maintenance_timeout=maintenance_timeout,
                           lease_seconds=lease_seconds, repair_bandwidth=repair_bandwidth,
-                          repair_concurrency=repair_concurrency, gateway_url=gateway_url)
+                          repair_concurrency=repair_concurrency, secret_file=secret_file,
+                          token_lifetime=token_lifetime, tls_cert=tls_cert, tls_key=tls_key,
+                          gateway_url=gateway_url)
     asyncio.run(run_master(config))
 
 
@@ -80,18 +91,34 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
               help="Bytes per second the scrubber re-verifies; 0 disables it  [default: 50MiB]")
 @click.option("--scrub-interval", envvar="DFS_SCRUB_INTERVAL", default=600.0, show_default=True, show_envvar=True,
               type=click.FloatRange(0, 30 * 86400), help="Seconds from one scrub pass's start to the next's, at least.")
+@click.option("--join-token", envvar="DFS_JOIN_TOKEN", default=None, show_envvar=True,
+              help="The cluster's join token (`dfs admin join-token`); or give --secret-file.")
+@click.option("--secret-file", envvar="DFS_SECRET_FILE", default=None, show_envvar=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The cluster secret file (mode 0600), instead of --join-token.")
+@tls_server_options
 @log_level_option
 def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tuple[str, int],
                         capacity: int | None, public_url: str | None, scrub_rate: int, scrub_interval: float,
-                        log_level: str) -> None:
+                        join_token: str | None, secret_file: Path | None, tls_cert: Path | None,
+                        tls_key: Path | None, log_level: str) -> None:
     """Run a chunkserver that stores chunks in the --data folders."""
     from chunkserver.config import ChunkserverConfig
     from chunkserver.service import run_chunkserver
+    from dfs.tokens import ClusterKeys, SecretError, read_secret_file
 
+    check_tls_pair(tls_cert, tls_key)
+    if (join_token is None) == (secret_file is None):
+        raise click.UsageError("give the cluster's --join-token (or DFS_JOIN_TOKEN) or its --secret-file")
+    try:
+        keys = ClusterKeys.from_join_token(join_token) if join_token else \
+            ClusterKeys.from_secret(read_secret_file(secret_file))  # type: ignore[arg-type]
+    except SecretError as exc:
+        raise click.UsageError(str(exc)) from None
     setup_logging("chunkserver", log_level)
     config = ChunkserverConfig(data_dirs=list(data_dirs), master_url=master_url.rstrip("/"), host=listen[0],
                                port=listen[1], capacity=capacity, public_url=public_url, scrub_rate=scrub_rate,
-                               scrub_interval=scrub_interval)
+                               scrub_interval=scrub_interval, keys=keys, tls_cert=tls_cert, tls_key=tls_key)
     asyncio.run(run_chunkserver(config))
 
 
@@ -101,10 +128,19 @@ def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tu
               show_envvar=True, type=LISTEN, help="Address to serve on.")
 @click.option("--max-upload", envvar="DFS_MAX_UPLOAD", default="1TiB", type=SIZE, show_envvar=True,
               help="Largest body accepted by PUT and POST  [default: 1TiB]")
+@tls_server_options
 @log_level_option
-def gateway_command(master_url: str, listen: tuple[str, int], max_upload: int, log_level: str) -> None:
+def gateway_command(master_url: str, listen: tuple[str, int], max_upload: int, tls_cert: Path | None,
+                    tls_key: Path | None, log_level: str) -> None:
     """Run the HTTP gateway: the file system over plain HTTP (curl is enough)."""
+    from dfs import tls
     from dfs.gateway.service import run_gateway
 
+    check_tls_pair(tls_cert, tls_key)
+    try:
+        context = tls.server_context(tls_cert, tls_key) if tls_cert and tls_key else None
+    except tls.TlsError as exc:
+        raise click.UsageError(str(exc)) from None
     setup_logging("gateway", log_level)
-    asyncio.run(run_gateway(master_url.rstrip("/"), listen[0], listen[1], max_upload=max_upload))
+    asyncio.run(run_gateway(master_url.rstrip("/"), listen[0], listen[1], max_upload=max_upload,
+                            ssl_context=context))

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 
+from dfs import tls
 from dfs.client.rpc import MasterClient
 
 #: fsck reads every replica and setrep/decommission start work: allow long answers.
@@ -22,7 +23,8 @@ class AdminClient:
         self._rpc: MasterClient | None = None
 
     async def __aenter__(self) -> AdminClient:
-        self._session = aiohttp.ClientSession(timeout=ADMIN_TIMEOUT)
+        self._session = aiohttp.ClientSession(timeout=ADMIN_TIMEOUT,
+                                              connector=aiohttp.TCPConnector(ssl=tls.client_context()))
         self._rpc = MasterClient(self._session, self.master_url, self.retry_for)
         return self
 

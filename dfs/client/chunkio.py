@@ -12,6 +12,7 @@ import aiohttp
 from dfs.client.rpc import error_from_response
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER, STREAM_SLICE, ChunkLocation, Lease, Replica
+from dfs.tokens import TOKEN_HEADER, TOKEN_REFUSED
 
 log = logging.getLogger("dfs.client")
 
@@ -66,6 +67,8 @@ class ChunkIO:
                 if pos < end:
                     raise DfsError(errno.EIO, f"short read ({pos - start} of {end - start} bytes)")
             except DfsError as err:
+                if err.errno in TOKEN_REFUSED:  # every replica checks the same token: no point going on
+                    raise
                 errors.append(f"{replica.url}: {err.message}")
                 if err.errno == errno.ESTALE:
                     stale += 1
@@ -92,7 +95,7 @@ class ChunkIO:
         (a stalled or stopped server costs a failover, not a hang). Each wait has its own timeout, so
         the generator may be resumed from any task (the sync facade does that)."""
         url = f"{replica.url}/chunks/{loc.chunk_id}"
-        headers = {"Range": f"bytes={start}-{end - 1}"}
+        headers = {"Range": f"bytes={start}-{end - 1}", TOKEN_HEADER: loc.token}
         async with asyncio.timeout(patience):
             resp = await self.session.get(url, params={"version": loc.version}, headers=headers)
         try:
@@ -123,7 +126,8 @@ class ChunkIO:
         params = {"version": str(lease.version), "offset": str(offset)}
         if sync:
             params["sync"] = "1"
-        headers = {CHAIN_HEADER: ",".join(r.url for r in rest), "Content-Type": "application/octet-stream"}
+        headers = {CHAIN_HEADER: ",".join(r.url for r in rest), "Content-Type": "application/octet-stream",
+                   TOKEN_HEADER: lease.token}
         try:
             async with self.session.put(f"{head.url}/chunks/{lease.chunk_id}", params=params,
                                         data=data, headers=headers) as resp:

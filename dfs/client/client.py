@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from dfs import tls
 from dfs.client.chunkio import READ_TIMEOUT, ChunkIO
 from dfs.client.files import FileHandle
 from dfs.client.rpc import MasterClient
@@ -53,12 +54,17 @@ class Client:
 
     async def start(self) -> Client:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=256, limit_per_host=64, ttl_dns_cache=300,
+                                             ssl=tls.client_context())
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
             self.master = MasterClient(self._session, self.master_url, self.retry_for)
             self.chunkio = ChunkIO(self._session, self._report_bad, self.read_timeout)
-            info = await self.master.call("statfs")
+            try:
+                info = await self.master.call("statfs")
+            except BaseException:
+                await self.close()
+                raise
             self.chunk_size = int(info["chunk_size"])
         return self
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from dfs.client.chunkio import zeros
 from dfs.errors import DfsError
 from dfs.protocol import MAX_FILE_SIZE, WRITE_PIECE, Attr, ChunkLocation, Lease, Replica
+from dfs.tokens import TOKEN_REFUSED
 
 if TYPE_CHECKING:
     from dfs.client.client import Client
@@ -84,17 +85,24 @@ class FileHandle:
                 done += len(piece)
                 yield piece
         except DfsError as err:
-            if err.errno != errno.ESTALE:
+            if err.errno != errno.ESTALE and err.errno not in TOKEN_REFUSED:
                 raise
-            log.info("chunk %d v%d of inode %d moved on; refreshing locations", loc.chunk_id, loc.version, self.inode)
+            log.info("chunk %d v%d of inode %d: %s; refreshing locations", loc.chunk_id, loc.version, self.inode,
+                     "token refused" if err.errno in TOKEN_REFUSED else "moved on")
             self._forget_locations()
             loc = await self._location(index)
             if loc is None:
                 async for piece in zeros(end - start - done):
                     yield piece
                 return
-            async for piece in self.client.chunkio.read(loc, start + done, end):
-                yield piece
+            try:
+                async for piece in self.client.chunkio.read(loc, start + done, end):
+                    yield piece
+            except DfsError as again:
+                if again.errno in TOKEN_REFUSED:
+                    raise DfsError(errno.EACCES, f"chunk {loc.chunk_id} of inode {self.inode}: the chunkservers "
+                                   f"refused a fresh token from the master: {again.message}") from None
+                raise
 
     async def _location(self, index: int) -> ChunkLocation | None:
         """Where slot `index` lives (None: a hole), fetched LOCATION_BATCH slots at a time."""
@@ -178,12 +186,14 @@ class FileHandle:
         lease = await self.client.lease(self.inode, index, exclude or [])
         self._leases[index] = (lease, now + lease.expires_in)
         # our own reads of this slot must use the new version and replicas
-        self._locations[index] = ChunkLocation(index, lease.chunk_id, lease.version, list(lease.servers))
+        self._locations[index] = ChunkLocation(index, lease.chunk_id, lease.version, list(lease.servers),
+                                               lease.read_token)
         return lease
 
     async def _write_piece(self, index: int, within: int, data: memoryview, sync: bool) -> None:
         exclude: list[int] = []
         last_error: DfsError | None = None
+        token_refused = False
         for _attempt in range(WRITE_ATTEMPTS):
             lease = await self._lease(index, exclude)
             try:
@@ -191,6 +201,13 @@ class FileHandle:
             except DfsError as err:
                 last_error = err
                 if err.errno == errno.ESTALE:  # our lease was superseded: ask again
+                    self._leases.pop(index, None)
+                    continue
+                if err.errno in TOKEN_REFUSED:  # its token expired (or the secret changed): once more
+                    if token_refused:
+                        raise DfsError(errno.EACCES, f"chunk {lease.chunk_id}: the chunkservers refused a fresh "
+                                       f"write token from the master: {err.message}") from None
+                    token_refused = True
                     self._leases.pop(index, None)
                     continue
                 log.warning("chunk %d v%d: write to %s failed (%s); excluding it",

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 
+from dfs import tls
 from dfs.errors import DfsError
 
 log = logging.getLogger("dfs.client")
@@ -32,6 +33,15 @@ async def json_reply(resp: aiohttp.ClientResponse) -> Any:
         return await resp.json(content_type=None)
     except ValueError:
         raise DfsError(errno.EIO, f"{resp.url.host}:{resp.url.port} answered without JSON") from None
+
+
+def tls_reason(exc: aiohttp.ClientSSLError) -> str:
+    """The certificate problem of a failed TLS connection, without aiohttp's repetition."""
+    inner = getattr(exc, "certificate_error", None) or getattr(exc, "os_error", None)
+    detail = getattr(inner, "verify_message", None)
+    if detail:
+        return f"certificate verify failed: {detail}"
+    return str(getattr(inner, "reason", None) or inner or exc)
 
 
 class MasterClient:
@@ -63,6 +73,9 @@ class MasterClient:
                         delay = min(delay * 2, 1.0)
                         continue
                     return await resp.json(content_type=None)
+            except aiohttp.ClientSSLError as exc:  # retrying cannot help: say so at once
+                raise DfsError(errno.EIO, f"TLS with the master at {self.url} failed: {tls_reason(exc)} "
+                               f"(is --tls-ca / {tls.CA_ENV} the cluster's CA?)") from None
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 if time.monotonic() + delay > deadline:
                     reason = exc or type(exc).__name__

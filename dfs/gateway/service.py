@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ssl
+
 from dfs.gateway.app import create_app
 from dfs.web import serve
 
 
-async def run_gateway(master_url: str, host: str, port: int, *, max_upload: int) -> None:
-    await serve(create_app(master_url, max_upload), host, port, name="gateway")
+async def run_gateway(master_url: str, host: str, port: int, *, max_upload: int,
+                      ssl_context: ssl.SSLContext | None = None) -> None:
+    await serve(create_app(master_url, max_upload), host, port, name="gateway", ssl_context=ssl_context)

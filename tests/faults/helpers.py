@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dfs.client.sync import SyncClient
-from tests.harness import Cluster, Service, http_json
+from tests.harness import Cluster, Service, cs_json, http_json, service_tokens
 
 MiB = 1024 * 1024
 T = TypeVar("T")
@@ -94,7 +94,7 @@ def at_goal(fs: SyncClient, path: str, goal: int) -> bool:
 
 def held(service: Service) -> dict[int, dict[str, Any]]:
     """What a chunkserver holds: chunk id -> {version, length, pending}."""
-    code, body = http_json("GET", service.url + "/chunks")
+    code, body = cs_json(service_tokens(service), "GET", service.url + "/chunks")
     assert code == 200, body
     return {c["chunk_id"]: c for c in body["chunks"]}
 
@@ -138,7 +138,7 @@ def check_placement(cluster: Cluster, *, live_only: bool = True) -> list[str]:
     for sid, url in urls.items():
         if live_only and states.get(sid) != "live":
             continue
-        code, body = http_json("GET", url + "/chunks", timeout=5)
+        code, body = cs_json(cluster.chunk_tokens(), "GET", url + "/chunks", timeout=5)
         if code == 200:
             holdings[sid] = {c["chunk_id"]: c for c in body["chunks"]}
     good: dict[int, int] = {}

@@ -34,7 +34,8 @@ def _quarantined(cluster: Cluster, index: int) -> list[str]:
 def _same_everywhere(loc: dict) -> bool:
     infos = set()
     for server in loc["servers"]:
-        code, info = http_json("GET", f"{server['url']}/chunks/{loc['chunk_id']}/info")
+        code, info = http_json("GET", f"{server['url']}/chunks/{loc['chunk_id']}/info",
+                               headers={"X-DFS-Token": loc["token"]})
         if code != 200:
             return False
         infos.add((info["version"], info["length"], info["digest"], info["pending"]))

@@ -14,13 +14,14 @@ from tests.faults.helpers import MiB, at_goal, check_placement, held, locations,
 from tests.harness import Cluster, http_json
 
 
-def _die_mid_write(url: str, chunk_id: int, version: int, chain: list[str], body: bytes, sent: int) -> None:
+def _die_mid_write(url: str, chunk_id: int, version: int, token: str, chain: list[str], body: bytes,
+                   sent: int) -> None:
     """A PUT that announces `len(body)` bytes, sends `sent` of them, and vanishes (as a killed client)."""
     parts = urlsplit(url)
     with socket.create_connection((parts.hostname, parts.port)) as sock:
         head = (f"PUT /chunks/{chunk_id}?version={version}&offset=0 HTTP/1.1\r\nHost: {parts.netloc}\r\n"
                 f"Content-Length: {len(body)}\r\nContent-Type: application/octet-stream\r\n"
-                f"{CHAIN_HEADER}: {','.join(chain)}\r\n\r\n")
+                f"{CHAIN_HEADER}: {','.join(chain)}\r\nX-DFS-Token: {token}\r\n\r\n")
         sock.sendall(head.encode() + body[:sent])
         time.sleep(0.5)  # let the bytes go down the chain before the connection drops
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
@@ -38,7 +39,7 @@ def test_writer_dies_mid_write(make_cluster: Callable[..., Cluster]) -> None:
                                                                             "client": "doomed"})
         assert code == 200, lease
         chain = [s["url"] for s in lease["servers"]]
-        _die_mid_write(chain[0], lease["chunk_id"], lease["version"], chain[1:], new, 600_000)
+        _die_mid_write(chain[0], lease["chunk_id"], lease["version"], lease["token"], chain[1:], new, 600_000)
         # every replica is left pending at the lease's version: unreadable as it is
         wait_until("the broken write to leave every replica pending", lambda: all(
             held(s).get(lease["chunk_id"], {}).get("pending") for s in cluster.chunkservers), 10)

@@ -57,7 +57,7 @@ def test_stale_replicas_are_never_read_and_are_deleted(make_cluster: Callable[..
                     mine = holding.get(c["chunk_id"])
                     assert mine is not None and mine["version"] == c["version"] and not mine["pending"], (c, mine)
                 elif c["chunk_id"] in holding and holding[c["chunk_id"]]["version"] < c["version"]:
-                    status_code, body = _get(away.url, c["chunk_id"], c["version"])
+                    status_code, body = _get(away.url, c["chunk_id"], c["version"], c["token"])
                     assert status_code == 409, (status_code, body)
             assert digest_of(fs, "/f") == sha(new)
             if at_goal(fs, "/f", 3) and all(holding.get(cid, {}).get("version") == v for cid, v in after.items()):
@@ -72,12 +72,13 @@ def test_stale_replicas_are_never_read_and_are_deleted(make_cluster: Callable[..
         assert check_placement(cluster) == []
 
 
-def _get(url: str, chunk_id: int, version: int) -> tuple[int, object]:
+def _get(url: str, chunk_id: int, version: int, token: str) -> tuple[int, object]:
     import urllib.error
     import urllib.request
 
+    request = urllib.request.Request(f"{url}/chunks/{chunk_id}?version={version}", headers={"X-DFS-Token": token})
     try:
-        with urllib.request.urlopen(f"{url}/chunks/{chunk_id}?version={version}", timeout=5) as resp:
+        with urllib.request.urlopen(request, timeout=5) as resp:
             return resp.status, resp.read(100)
     except urllib.error.HTTPError as err:
         return err.code, err.read()
