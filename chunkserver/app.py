@@ -19,9 +19,11 @@ from aiohttp import web
 from chunkserver import copier, replication
 from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import MasterLink
+from chunkserver.metrics import COPIES, FORWARDED_BYTES, READ_BYTES, WRITES, add_chunkserver_metrics
 from chunkserver.scrubber import Scrubber
 from chunkserver.store import MAX_ID, ChunkStore
 from dfs.errors import DfsError
+from dfs.metrics import metrics_middleware
 from dfs.protocol import CHAIN_HEADER
 from dfs.web import Handler, Params, add_health, error_middleware, read_json
 
@@ -126,6 +128,9 @@ async def put_chunk(request: web.Request) -> web.Response:
         raise DfsError(errno.EINVAL, f"{CHAIN_HEADER} names this server")
     result = await replication.chain_write(request.app[STORE], request.app[SESSION], chunk_id, version, offset,
                                            length, sync, request.content, chain)
+    WRITES.inc(length)
+    if len(result["failed"]) < len(chain):  # someone downstream took it
+        FORWARDED_BYTES.inc(length)
     return web.json_response(result)
 
 
@@ -157,8 +162,10 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         try:
             await response.write(first)
+            READ_BYTES.inc(len(first))
             async for piece in pieces:
                 await response.write(piece)
+                READ_BYTES.inc(len(piece))
         except DfsError as err:
             log.warning("chunk %d v%d: read aborted mid-stream: %s", chunk_id, version, err.message)
             if request.transport is not None:
@@ -203,6 +210,7 @@ async def replicate_chunk(request: web.Request) -> web.Response:
     rate = body.int("rate", 0, minimum=0, maximum=MAX_ID)
     result = await copier.pull_chunk(request.app[STORE], request.app[SESSION], chunk_id, version, source,
                                      rate or None)
+    COPIES.inc(result.get("copied", 0))
     return web.json_response(result)
 
 
@@ -225,7 +233,7 @@ def create_app(config: ChunkserverConfig) -> web.Application:
     The heartbeat task is added by `chunkserver.service`; without it the server stays unregistered
     unless `app[LINK]` is filled in by hand (tests).
     """
-    app = web.Application(middlewares=[error_middleware, load_middleware])
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, load_middleware])
     app[CONFIG] = config
     app[LINK] = MasterLink()
     app[LOAD] = Load()
@@ -260,4 +268,5 @@ def create_app(config: ChunkserverConfig) -> web.Application:
     app.router.add_delete("/chunks/{id}", delete_chunk)
     app.router.add_post("/chunks/{id}/replicate", replicate_chunk)
     app.router.add_post("/chunks/{id}/recover", recover_chunk)
+    add_chunkserver_metrics(app, STORE, SCRUBBER)  # /metrics (chunkserver/metrics.py)
     return app

@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from dfs.errors import DfsError
+from dfs.metrics import metrics_middleware
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
 from dfs.web import MAX_JSON_BODY, Params, add_health, background, error_middleware, read_json
@@ -25,6 +26,7 @@ from master.admin_api import add_admin_routes
 from master.config import MasterConfig
 from master.db import Database
 from master.leases import LeaseTable
+from master.metrics import add_master_metrics
 from master.namespace import Namespace, attr_json
 from master.placement import Placement
 from master.recovery import LeaseRecovery
@@ -344,7 +346,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: MasterConfig) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[metrics_middleware, error_middleware])
     app[CONFIG_KEY] = config
     app.cleanup_ctx.append(_resources)
     for name, op in OPS.items():
@@ -352,4 +354,5 @@ def create_app(config: MasterConfig) -> web.Application:
     app.router.add_get("/api/status", status)
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     add_health(app, "master")
+    add_master_metrics(app)  # /metrics (master/metrics.py); after the admin jobs, whose figures it reads
     return app
