@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import stat
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,6 +31,8 @@ from master.schema import garbage, inodes
 if TYPE_CHECKING:
     from master.admin_api import Admin
     from master.app import Master
+
+log = logging.getLogger("master.metrics")
 
 DB_SECONDS = Histogram("dfs_master_db_seconds", "Database transactions: read and write on the request path, scan "
                        "for background jobs' long reads", ["kind"], buckets=LATENCY_BUCKETS)
@@ -106,9 +109,13 @@ class MasterCollector(Collector):
             last = self.snapshot
             if last is not None and time.monotonic() - last.taken < max(STATE_TTL, last.seconds / SCAN_SHARE):
                 return
-            self.snapshot = await self._scan()
+            try:
+                self.snapshot = await self._scan()
+            except Exception as exc:  # the other figures are still worth serving; the age gauge shows it
+                log.warning("metrics: placement scan failed: %s", exc)
 
     async def _scan(self) -> Snapshot:
+        # imported here, as in _servers: master.db imports this module, and these import master.db
         from master.admin import chunk_health
         from master.layout import load_layout
 
