@@ -21,10 +21,11 @@ T = TypeVar("T")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Goal 2 on three chunkservers (a lost one can be rebuilt), a fast dead timeout, a scrub pass a second."""
+    """Goal 2 on three chunkservers (a lost one can be rebuilt), a fast dead timeout, a scrub pass a second,
+    a small capacity (so that a few MiB make a difference in utilisation for the balancer)."""
     c = Cluster(root=tmp_path_factory.mktemp("metrics"), goal=GOAL,
                 master_args=["--dead-timeout", "3", "--heartbeat-interval", "0.3"],
-                chunkserver_args=["--scrub-interval", "1"])
+                chunkserver_args=["--scrub-interval", "1", "--capacity", "64MiB"])
     try:
         c.start()
         yield c
@@ -171,6 +172,48 @@ def test_labels_never_carry_paths_or_ids(cluster: Cluster) -> None:
     assert not any("987654321" in op or "4242" in op for op in operations)
     assert "OTHER" in label_values(page, "dfs_http_requests_total", "method")
     assert "PROPFIND" not in label_values(page, "dfs_http_requests_total", "method")
+
+
+def test_balance_and_decommission_are_counted(cluster: Cluster) -> None:
+    """An empty chunkserver joins: a balance moves replicas onto it, then a decommission drains it."""
+    assert cluster.gateway is not None
+    admin = cluster.master_url + "/api/admin/"
+    assert request("PUT", cluster.gateway.url + "/fs/spread.bin", b"p" * (4 * MiB))[0] == 201
+    newcomer = cluster.add_chunkserver()
+    cluster.wait_servers(4)
+    before = scrape(cluster.master_url + "/metrics")
+    status, started = http_json("POST", admin + "balance/start", {"threshold": 1})
+    assert status == 200, started
+
+    def ended() -> dict | None:
+        job = http_json("GET", admin + "balance")[1]
+        return job if job["state"] not in ("running", "stopping") else None
+
+    job = wait_for("the balance to end", ended)
+    assert job["state"] == "done" and job["moves_done"] >= 1, job
+    page = scrape(cluster.master_url + "/metrics")
+    assert value(page, "dfs_master_balance_running") == 0
+    assert value(page, "dfs_master_balance_moves", state="done") == job["moves_done"]
+    assert value(page, "dfs_master_balance_moves", state="planned") == job["moves_planned"]
+    assert value(page, "dfs_master_balance_moves", state="pending") == 0
+    assert value(page, "dfs_master_balance_moved_bytes") == job["bytes_moved"] > 0
+    assert value(page, "dfs_master_replica_copies_total", result="done") - \
+        value(before, "dfs_master_replica_copies_total", result="done") >= job["moves_done"]
+
+    status, drain = http_json("POST", admin + "decommission", {"node": newcomer.url})
+    assert status == 200, drain
+    server = str(drain["server_id"])
+
+    def retired() -> Samples | None:
+        page = scrape(cluster.master_url + "/metrics")
+        return page if value(page, "dfs_master_chunkservers", state="decommissioned") == 1 else None
+
+    page = wait_for("the newcomer decommissioned", retired)
+    assert value(page, "dfs_master_decommission_moves", server=server, result="moved") >= job["moves_done"]
+    assert value(page, "dfs_master_decommission_moves", server=server, result="failed") == 0
+    assert value(page, "dfs_master_chunkservers", state="live") == 3
+    assert value(page, "dfs_master_decommission_left") == 0  # only draining servers are listed
+    assert value(page, "dfs_master_moves_in_flight") == 0
 
 
 def test_a_lost_chunkserver_is_counted_and_its_chunks_copied(cluster: Cluster) -> None:
