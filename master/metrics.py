@@ -4,13 +4,14 @@ master's own objects at scrape time (servers, repair, copies, balance, drains, l
 Chunks by state and the table counts need a scan of the placement. That scan is not run on every
 scrape: `MasterCollector.refresh` (awaited by `GET /metrics` before the collectors run) keeps its result
 for at least `STATE_TTL` seconds, and for 20 times as long as the scan took, so a large namespace is
-scanned at most 5% of the time however often Prometheus asks. The scan runs on a reader thread
-(`background=True`), never on the event loop.
+scanned at most 5% of the time however often Prometheus asks; only the first scrape waits for a scan.
+The scan runs on a reader thread (`background=True`), never on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import stat
@@ -98,6 +99,7 @@ class MasterCollector(Collector):
         self.admin = admin
         self.snapshot: Snapshot | None = None
         self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
 
     def describe(self) -> list[Metric]:
         return []  # collected at scrape time only (the registry must not call collect() when registering)
@@ -105,14 +107,31 @@ class MasterCollector(Collector):
     # -- the cached scan ----------------------------------------------------------------------------
 
     async def refresh(self) -> None:
-        async with self._lock:
-            last = self.snapshot
-            if last is not None and time.monotonic() - last.taken < max(STATE_TTL, last.seconds / SCAN_SHARE):
-                return
-            try:
-                self.snapshot = await self._scan()
-            except Exception as exc:  # the other figures are still worth serving; the age gauge shows it
-                log.warning("metrics: placement scan failed: %s", exc)
+        """Renew the scan once it is older than its time to live. The first scrape waits for it; later
+        ones are answered at once from the last scan while the next one runs, so that a slow scan of a
+        large namespace never makes a scrape time out."""
+        if self.snapshot is None:
+            async with self._lock:
+                if self.snapshot is None:
+                    await self._renew()
+        elif self._stale() and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._renew(), name="metrics placement scan")
+
+    def _stale(self) -> bool:
+        last = self.snapshot
+        return last is None or time.monotonic() - last.taken >= max(STATE_TTL, last.seconds / SCAN_SHARE)
+
+    async def _renew(self) -> None:
+        try:
+            self.snapshot = await self._scan()
+        except Exception as exc:  # the other figures are still worth serving; the age gauge shows it
+            log.warning("metrics: placement scan failed: %s", exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _scan(self) -> Snapshot:
         # imported here, as in _servers: master.db imports this module, and these import master.db
@@ -267,6 +286,7 @@ def add_master_metrics(app: web.Application) -> None:
             yield
         finally:
             REGISTRY.unregister(collector)
+            await collector.close()
 
     async def refresh(app: web.Application) -> None:
         if COLLECTOR in app:
