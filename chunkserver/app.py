@@ -19,10 +19,12 @@ from aiohttp import web
 from chunkserver import copier, replication
 from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import MasterLink
+from chunkserver.metrics import COPIES, FORWARDED_BYTES, READ_BYTES, WRITES, add_chunkserver_metrics
 from chunkserver.scrubber import Scrubber
 from chunkserver.store import MAX_ID, ChunkStore
 from dfs import tls
 from dfs.errors import DfsError
+from dfs.metrics import metrics_middleware
 from dfs.protocol import CHAIN_HEADER
 from dfs.tokens import MAX_TOKEN_LENGTH, TOKEN_HEADER, Token
 from dfs.web import Handler, Params, add_health, error_middleware, json_error, read_json
@@ -160,6 +162,9 @@ async def put_chunk(request: web.Request) -> web.Response:
         raise DfsError(errno.EINVAL, f"{CHAIN_HEADER} names this server")
     result = await replication.chain_write(request.app[STORE], request.app[SESSION], chunk_id, version, offset,
                                            length, sync, request.content, chain, request.headers[TOKEN_HEADER])
+    WRITES.inc(length)
+    if len(result["failed"]) < len(chain):  # someone downstream took it
+        FORWARDED_BYTES.inc(length)
     return web.json_response(result)
 
 
@@ -192,8 +197,10 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         try:
             await response.write(first)
+            READ_BYTES.inc(len(first))
             async for piece in pieces:
                 await response.write(piece)
+                READ_BYTES.inc(len(piece))
         except DfsError as err:
             log.warning("chunk %d v%d: read aborted mid-stream: %s", chunk_id, version, err.message)
             if request.transport is not None:
@@ -244,6 +251,7 @@ async def replicate_chunk(request: web.Request) -> web.Response:
     source_token = str(body.str("source_token", max_length=MAX_TOKEN_LENGTH))
     result = await copier.pull_chunk(request.app[STORE], request.app[SESSION], chunk_id, version, source,
                                      source_token, rate or None)
+    COPIES.inc(result.get("copied", 0))
     return web.json_response(result)
 
 
@@ -268,7 +276,7 @@ def create_app(config: ChunkserverConfig) -> web.Application:
     The heartbeat task is added by `chunkserver.service`; without it the server stays unregistered
     unless `app[LINK]` is filled in by hand (tests).
     """
-    app = web.Application(middlewares=[error_middleware, token_middleware, load_middleware])
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, token_middleware, load_middleware])
     app[CONFIG] = config
     app[LINK] = MasterLink()
     app[LOAD] = Load()
@@ -303,4 +311,5 @@ def create_app(config: ChunkserverConfig) -> web.Application:
     app.router.add_delete("/chunks/{id}", delete_chunk)
     app.router.add_post("/chunks/{id}/replicate", replicate_chunk)
     app.router.add_post("/chunks/{id}/recover", recover_chunk)
+    add_chunkserver_metrics(app, STORE, SCRUBBER)  # /metrics (chunkserver/metrics.py)
     return app

@@ -42,6 +42,8 @@ class Scrubber(Job):
         self.cursor = 0  # chunks with ids >= cursor are still to do in this pass
         self.last_pass_end = 0.0  # wall clock
         self.stats: dict[str, Any] = {"passes": 0, "chunks": 0, "bytes": 0, "corrupt": 0, "pass_seconds": None}
+        self.pass_todo = 0  # chunks the running pass (or its resumption) set out to verify, and those done
+        self.pass_done = 0
         self._loaded = False
         self._saved = 0.0
 
@@ -73,16 +75,19 @@ class Scrubber(Job):
             return
         started = time.monotonic()
         todo = sorted(cid for cid in self.store.index if cid >= self.cursor)
+        self.pass_todo, self.pass_done = len(todo), 0
         for chunk_id in todo:
             with failsafe(self.name, f"chunk {chunk_id}"):
                 await self.scrub(chunk_id)
             self.cursor = chunk_id + 1
+            self.pass_done += 1
             if time.monotonic() - self._saved > SAVE_EVERY:
                 await self._save()
         self.cursor = 0
         self.last_pass_end = time.time()
         self.stats["passes"] += 1
         self.stats["pass_seconds"] = round(time.monotonic() - started, 3)
+        self.pass_todo = self.pass_done = 0
         await self._save()
         log.debug("scrub pass done: %d chunks", len(todo))
 
@@ -106,6 +111,10 @@ class Scrubber(Job):
             return True  # deleted, rewritten or being written meanwhile: the next pass will see it
         self.stats["chunks"] += 1
         return True
+
+    def progress(self) -> float:
+        """Share of the running pass done; 0 between passes."""
+        return self.pass_done / self.pass_todo if self.pass_todo else 0.0
 
     def status(self) -> dict[str, Any]:
         return {"rate": self.rate, "interval": self.pass_interval, "cursor": self.cursor, **self.stats}

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,9 @@ READY = b"ok"
 READ_AHEAD_KB = 4096  # the kernel's read-ahead for this mount; it reads 128 KiB at a time otherwise
 
 
-def fuse_class() -> type:
-    """mfusepy's FUSE, passing rename(2) flags (RENAME_NOREPLACE, RENAME_EXCHANGE) on to us.
+def fuse_class(observe: Callable[[str, Any, float], None] | None = None) -> type:
+    """mfusepy's FUSE, passing rename(2) flags (RENAME_NOREPLACE, RENAME_EXCHANGE) on to us;
+    `observe(callback, result, seconds)` is told of every callback (fuse/metrics.py).
 
     Imported here, not at the top: mfusepy needs libfuse, which only the mount needs.
     """
@@ -45,6 +47,13 @@ def fuse_class() -> type:
     class DfsFuse(mfusepy.FUSE):
         """Passes what mfusepy drops: rename flags, and the file handle of f-calls (fchmod,
         ftruncate, futimens...), which is all there is for a file that was unlinked while open."""
+
+        if observe is not None:
+            def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                result = super()._wrapper(func, *args, **kwargs)
+                observe(func.__name__, result, time.perf_counter() - started)
+                return result
 
         def _path(self, path: bytes | None) -> str | None:
             return None if path is None else path.decode(self.encoding, self.errors)
@@ -118,11 +127,21 @@ def serve(master_url: str, mountpoint: Path, options: MountOptions, fuse_options
         threading.Thread(target=after_mount, daemon=True).start()
 
     ops.on_ready = ready  # type: ignore[attr-defined]
-    log.info("mounting %s at %s", master_url, mountpoint)
+    stop_metrics = None
     try:
-        fuse_class()(ops, str(mountpoint), foreground=True, raw_fi=True, **fuse_options)
+        observe = None
+        if options.metrics_port is not None:
+            from fuse.metrics import FuseObserver, serve_metrics
+
+            stop_metrics = serve_metrics(options.metrics_port, ops)
+            observe = FuseObserver()
+            log.info("metrics on http://127.0.0.1:%d/metrics", options.metrics_port)
+        log.info("mounting %s at %s", master_url, mountpoint)
+        fuse_class(observe)(ops, str(mountpoint), foreground=True, raw_fi=True, **fuse_options)
     finally:
         log.info("unmounted %s", mountpoint)
+        if stop_metrics is not None:
+            stop_metrics()
         loop.run(client.close())
         loop.stop()
 
@@ -175,9 +194,11 @@ def _wait_for_child(pid: int, read_end: int, mountpoint: Path) -> int:
               help="Seconds calls wait for an unreachable master before failing with EIO.")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where the background mount logs (default: nowhere).")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
+              help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default: none).")
 def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tuple[str, ...], allow_other: bool,
                   read_only: bool, attr_timeout: float, entry_timeout: float, write_buffer: int, read_ahead: int,
-                  memory_cap: int, master_timeout: float, log_file: Path | None) -> None:
+                  memory_cap: int, master_timeout: float, log_file: Path | None, metrics_port: int | None) -> None:
     """Mount the cluster at MOUNTPOINT.
 
     \b
@@ -190,7 +211,8 @@ def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tu
     if write_buffer < MiB or memory_cap < 2 * write_buffer:
         raise click.UsageError("--write-buffer must be at least 1MiB and --memory-cap at least twice it")
     options = MountOptions(attr_timeout=attr_timeout, entry_timeout=entry_timeout, write_buffer=write_buffer,
-                           read_ahead=read_ahead, memory_cap=memory_cap, read_only=read_only)
+                           read_ahead=read_ahead, memory_cap=memory_cap, read_only=read_only,
+                           metrics_port=metrics_port)
     fuse_options: dict[str, Any] = {"fsname": "dfs", "subtype": "dfs", "default_permissions": True, "use_ino": True}
     if allow_other:
         fuse_options["allow_other"] = True

@@ -92,6 +92,12 @@ class OpenFile:
         return max(self.handle.size, self._dirty.end)
 
     @property
+    def unsent_bytes(self) -> int:
+        """Bytes written here and not yet acknowledged by the chunkservers (buffered or being sent)."""
+        inflight = self._inflight
+        return self._dirty.total + (self._inflight_charged if inflight is not None and not inflight.done() else 0)
+
+    @property
     def dirty(self) -> bool:
         return bool(self._dirty) or self._inflight is not None or self.handle.dirty
 

@@ -96,6 +96,10 @@ class DfsOperations(mfusepy.Operations):
         uid, gid, _pid = mfusepy.fuse_get_context()
         return uid, gid
 
+    def open_files(self) -> list[OpenFile]:
+        """The open files, for metrics (a copy: safe from any thread)."""
+        return list(self._files.values())
+
     def _check_writable(self) -> None:
         if self.options.read_only:
             raise FuseOSError(errno.EROFS)

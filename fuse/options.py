@@ -13,3 +13,4 @@ class MountOptions:
     read_ahead: int = 8 * 1024 * 1024
     memory_cap: int = 256 * 1024 * 1024
     read_only: bool = False
+    metrics_port: int | None = None  # serve /metrics on 127.0.0.1 (fuse/metrics.py)

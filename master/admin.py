@@ -47,7 +47,9 @@ class Entry:
 def node_state(info: ServerInfo, registry_live: bool) -> str:
     if info.admin_state != "normal":
         return info.admin_state
-    return "live" if registry_live else info.state
+    if registry_live:
+        return "live"
+    return "dead" if info.state == "live" else info.state  # silent past the dead timeout, not yet declared
 
 
 async def walk(m: Master, path: str) -> list[Entry]:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from dfs import tls
 from dfs.errors import DfsError
+from dfs.metrics import metrics_middleware
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
 from dfs.tokens import AUTH_HEADER, AUTH_SCHEME, RequestVerifier
@@ -38,6 +39,7 @@ from master.config import MasterConfig
 from master.dashboard import add_dashboard_routes
 from master.db import Database
 from master.leases import LeaseTable
+from master.metrics import add_master_metrics
 from master.namespace import Namespace, attr_json
 from master.placement import Placement
 from master.recovery import LeaseRecovery
@@ -375,7 +377,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: MasterConfig) -> web.Application:
-    app = web.Application(middlewares=[error_middleware])
+    app = web.Application(middlewares=[metrics_middleware, error_middleware])
     app[CONFIG_KEY] = config
     app.cleanup_ctx.append(_resources)
     app[VERIFIER] = RequestVerifier(config.load_keys())
@@ -386,4 +388,5 @@ def create_app(config: MasterConfig) -> web.Application:
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     add_health(app, "master")
     add_dashboard_routes(app, config.gateway_url)  # / and /dashboard/: the web page (master/dashboard)
+    add_master_metrics(app)  # /metrics (master/metrics.py); after the admin jobs, whose figures it reads
     return app

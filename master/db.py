@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from master.metrics import timed
 from master.schema import create_tables
 
 log = logging.getLogger("master.db")
@@ -139,12 +140,14 @@ class Database:
 
     # -- the interface ------------------------------------------------------------------------------
 
+    @timed("write")
     async def run_write(self, fn: Txn[T]) -> T:
         """`fn(conn)` in one write transaction, committed before this returns."""
         if self.sync_engine is not None:
             return self._inline_txn(fn, "IMMEDIATE")
         return await self._async_txn(fn, "SERIALIZABLE")
 
+    @timed("read")
     async def run_read(self, fn: Txn[T], snapshot: bool = True, background: bool = False) -> T:
         """`fn(conn)` reading one consistent snapshot, or (`snapshot=False`) without an explicit
         transaction, cheaper for a single statement. `background`: a long scan, kept off the loop."""

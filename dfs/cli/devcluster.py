@@ -50,6 +50,7 @@ Try:
   curl -T README.md {gateway}/fs/README.md
   curl {gateway}/fs/
   curl {gateway}/fs/README.md
+  curl {cluster.master_url}/metrics        (Prometheus metrics: every service has them)
   .venv/bin/dfs ls -l /{f"{chr(10)}  ls -l {mount.mountpoint}" if mount else ""}
 
 Ctrl-C stops everything.""")

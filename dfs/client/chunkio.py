@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
+from dfs.client.metrics import READ_BYTES, REPLICA_FAILURES, WRITTEN_BYTES
 from dfs.client.rpc import error_from_response
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER, STREAM_SLICE, ChunkLocation, Lease, Replica
@@ -63,6 +64,7 @@ class ChunkIO:
             try:
                 async for piece in self._read_from(replica, loc, pos, end, patience):
                     pos += len(piece)
+                    READ_BYTES.inc(len(piece))
                     yield piece
                 if pos < end:
                     raise DfsError(errno.EIO, f"short read ({pos - start} of {end - start} bytes)")
@@ -76,11 +78,14 @@ class ChunkIO:
                 problem = "corrupt" if err.errno in (errno.EBADMSG, errno.EIO) else "missing"
                 log.warning("chunk %d v%d: replica %s failed (%s); trying another",
                             loc.chunk_id, loc.version, replica.url, err.message)
-                await self.report_bad(loc, replica, problem if err.errno != errno.ENOENT else "missing")
+                problem = problem if err.errno != errno.ENOENT else "missing"
+                REPLICA_FAILURES.labels(problem).inc()
+                await self.report_bad(loc, replica, problem)
             except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
                 errors.append(f"{replica.url}: {exc or type(exc).__name__}")
                 log.warning("chunk %d v%d: replica %s unreachable (%s); trying another",
                             loc.chunk_id, loc.version, replica.url, exc or type(exc).__name__)
+                REPLICA_FAILURES.labels("unreachable").inc()
                 await self.report_bad(loc, replica, "unreachable")
         if pos >= end:
             return
@@ -137,4 +142,5 @@ class ChunkIO:
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             raise DfsError(errno.EIO, f"chunk {lease.chunk_id}: {head.url} unreachable: "
                                       f"{exc or type(exc).__name__}") from None
+        WRITTEN_BYTES.inc(len(data))
         return [str(u) for u in body.get("failed", [])]

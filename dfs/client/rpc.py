@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from dfs import tls
+from dfs.client.metrics import observe_call
 from dfs.errors import DfsError
 
 log = logging.getLogger("dfs.client")
@@ -59,6 +60,16 @@ class MasterClient:
         self.retry_for = retry_for
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        started = time.perf_counter()
+        ok = False
+        try:
+            reply = await self._call(op, fields)
+            ok = True
+            return reply
+        finally:
+            observe_call(op, ok, time.perf_counter() - started)
+
+    async def _call(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:

@@ -10,6 +10,7 @@ from dfs.client import Client
 from dfs.gateway.files import add_routes
 from dfs.gateway.keys import CLIENT, MAX_UPLOAD
 from dfs.gateway.openapi import add_openapi
+from dfs.metrics import add_metrics, metrics_middleware
 from dfs.web import add_health, error_middleware
 
 #: Bodies are streamed, never read whole (request.read()/post() are not used), so aiohttp's own cap on
@@ -22,7 +23,7 @@ READ_BUFSIZE = 1024 * 1024
 
 
 def create_app(master_url: str, max_upload: int) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=BUFFERED_BODY_MAX,
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=BUFFERED_BODY_MAX,
                           handler_args={"read_bufsize": READ_BUFSIZE})
     app[MAX_UPLOAD] = max_upload
 
@@ -37,6 +38,7 @@ def create_app(master_url: str, max_upload: int) -> web.Application:
 
     app.cleanup_ctx.append(cluster_client)
     add_health(app, "gateway")
+    add_metrics(app)
     add_routes(app, max_upload)
     add_openapi(app)
     return app

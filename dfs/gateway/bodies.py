@@ -20,6 +20,7 @@ from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from dfs.errors import DfsError
+from dfs.gateway.metrics import UPLOADED_BYTES
 from dfs.protocol import STREAM_SLICE
 
 #: Slices `read_ahead` may hold before its consumer takes them (at most this many MiB per upload).
@@ -55,6 +56,7 @@ async def body_stream(request: web.Request, budget: Budget) -> AsyncIterator[byt
     try:
         async for piece in request.content.iter_chunked(STREAM_SLICE):
             budget.take(len(piece))
+            UPLOADED_BYTES.inc(len(piece))
             yield piece
     except BODY_ERRORS as exc:
         raise DfsError(errno.EINVAL, f"request body cut off or malformed: {exc}") from None
@@ -65,6 +67,7 @@ async def part_stream(part: BodyPartReader, budget: Budget) -> AsyncIterator[byt
     try:
         while piece := await part.read_chunk(STREAM_SLICE):
             budget.take(len(piece))
+            UPLOADED_BYTES.inc(len(piece))
             yield piece
     except BODY_ERRORS as exc:
         raise DfsError(errno.EINVAL, f"multipart body cut off or malformed: {exc}") from None

@@ -37,7 +37,9 @@ from dfs.gateway.conditional import (
     range_applies,
 )
 from dfs.gateway.keys import CLIENT, MAX_UPLOAD
+from dfs.gateway.metrics import DOWNLOADED_BYTES
 from dfs.gateway.paths import PREFIX, fs_path, other_path
+from dfs.metrics import name_operation, operation_of
 from dfs.names import validate_name
 from dfs.protocol import MAX_GOAL, STREAM_SLICE, Attr
 from dfs.web import Params
@@ -151,6 +153,7 @@ async def _send_file(request: web.Request, client: Client, path: str, attr: Attr
         if request.transport is not None:
             request.transport.close()
     finally:
+        DOWNLOADED_BYTES.inc(sent)
         await pieces.aclose()
     return response
 
@@ -207,6 +210,7 @@ async def post(request: web.Request) -> web.Response:
     action = OPS.get(op)
     if action is None:
         raise DfsError(errno.EINVAL, f"unknown op {op!r}; expected one of {', '.join(sorted(OPS))}")
+    name_operation(f"{operation_of(request)}?op={op}")  # a known op: bounded
     return await action(request, path)
 
 

@@ -204,6 +204,11 @@ OPENAPI: dict[str, Any] = {
                 "type": "object", "properties": {"status": {"type": "string"}, "service": {"type": "string"},
                                                  "uptime_s": {"type": "number"}}}}}}},
         }},
+        "/metrics": {"get": {
+            "operationId": "metrics", "summary": "Prometheus metrics (docs/METRICS.md)",
+            "responses": {"200": {"description": "Prometheus text format 0.0.4.",
+                                  "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        }},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document",
             "responses": {"200": {"description": "OpenAPI 3.0 document.",

@@ -1,0 +1,89 @@
+"""`dfs mount --metrics-port`: file system calls, bytes and buffers of a real mount, scraped over HTTP."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.error
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from dfs.client.sync import SyncClient
+from dfs.launcher import Mount
+from tests.harness import Cluster, free_port
+from tests.scrape import scrape, value
+
+MiB = 1024 * 1024
+
+
+async def one_piece(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@pytest.fixture
+def metered_mount(tmp_path: Path) -> Iterator[tuple[Cluster, Mount, str]]:
+    cluster = Cluster(root=tmp_path / "cluster")
+    port = free_port()
+    mount = Mount("", tmp_path / "mnt", tmp_path / "mount.log", args=["--metrics-port", str(port)])
+    try:
+        cluster.start(gateway=False)
+        mount.master_url = cluster.master_url
+        mount.start()
+        yield cluster, mount, f"http://127.0.0.1:{port}/metrics"
+    finally:
+        mount.stop()
+        cluster.stop()
+
+
+def test_mount_metrics_follow_the_work(metered_mount: tuple[Cluster, Mount, str]) -> None:
+    cluster, mount, url = metered_mount
+    root = mount.mountpoint
+    size = 3 * MiB + 77
+    data = os.urandom(size)
+    with SyncClient(cluster.master_url) as fs:  # written elsewhere: reading it must go through the mount
+        fs.upload("/elsewhere.bin", one_piece(data))
+    before = scrape(url)
+    assert value(before, "dfs_fuse_memory_cap_bytes") == 256 * MiB
+
+    (root / "folder").mkdir()
+    (root / "folder" / "written.bin").write_bytes(data)
+    assert (root / "elsewhere.bin").read_bytes() == data
+    assert not (root / "no-such-file").exists()
+
+    with open(root / "folder" / "open.bin", "wb") as held:  # buffered in the mount until closed
+        held.write(b"b" * 100_000)
+        held.flush()
+        during = scrape(url)
+    after = scrape(url)
+
+    def moved(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("dfs_fuse_operations_total", operation="mkdir", result="ok") == 1
+    assert moved("dfs_fuse_operations_total", operation="create", result="ok") == 2
+    assert moved("dfs_fuse_operations_total", operation="write", result="ok") >= 1
+    assert moved("dfs_fuse_operations_total", operation="read", result="ok") >= 1
+    assert moved("dfs_fuse_operations_total", operation="getattr", result="error") >= 1  # no-such-file
+    assert moved("dfs_fuse_operation_duration_seconds_count", operation="mkdir") == 1
+    assert moved("dfs_fuse_bytes_total", direction="written") == size + 100_000
+    assert moved("dfs_fuse_bytes_total", direction="read") >= size
+    assert moved("dfs_client_master_calls_total", operation="mkdir", result="ok") == 1
+    assert moved("dfs_client_chunk_bytes_total", direction="written") >= size + 100_000
+
+    assert value(during, "dfs_fuse_open_files") >= 1
+    assert value(during, "dfs_fuse_unsent_bytes") == 100_000
+    assert value(during, "dfs_fuse_memory_used_bytes") >= 100_000
+    assert value(after, "dfs_fuse_unsent_bytes") == 0  # close() flushed it
+    deadline = time.monotonic() + 10  # the kernel sends the release of a closed file a little later
+    while value(scrape(url), "dfs_fuse_open_files") != 0:
+        assert time.monotonic() < deadline, "the closed files are still open in the mount"
+        time.sleep(0.05)
+
+    mount.stop()  # the metrics server stops with the mount
+    port = int(url.split(":")[2].split("/")[0])
+    with pytest.raises((ConnectionRefusedError, urllib.error.URLError)), socket.create_connection(
+            ("127.0.0.1", port), timeout=2):
+        pass
