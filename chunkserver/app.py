@@ -56,7 +56,7 @@ TOKEN = web.RequestKey("token", Token)
 
 @web.middleware
 async def token_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path not in OPEN_PATHS:
+    if request.path not in OPEN_PATHS and request.match_info.http_exception is None:  # 404/405 stay what they are
         keys = request.app[CONFIG].keys
         if keys is None:
             raise DfsError(errno.EAGAIN, "chunkserver has no cluster keys")

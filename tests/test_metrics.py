@@ -44,8 +44,9 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 30.0) -> T:
         time.sleep(0.2)
 
 
-def request(method: str, url: str, data: bytes | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, method=method)
+def request(method: str, url: str, data: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.read()
@@ -163,7 +164,8 @@ def test_scrubber_progress(cluster: Cluster) -> None:
 
 def test_labels_never_carry_paths_or_ids(cluster: Cluster) -> None:
     cs = cluster.chunkservers[0].url
-    assert request("GET", cs + "/chunks/987654321?version=1")[0] in (404, 503)
+    token = cluster.token_header("read", 987654321, 1)
+    assert request("GET", cs + "/chunks/987654321?version=1", headers=token)[0] in (404, 503)
     assert request("GET", cs + "/no/such/place-4242")[0] == 404
     assert request("PROPFIND", cs + "/chunks")[0] == 405
     page = scrape(cs + "/metrics")
