@@ -17,6 +17,10 @@ HTTP_STATUS: dict[int, int] = {
     errno.EINVAL: 400,
     errno.ENAMETOOLONG: 400,
     errno.ELOOP: 400,
+    errno.ENOKEY: 401,  # no access key: docs/PROTOCOL.md "Access keys"
+    errno.EKEYREJECTED: 401,  # unknown or forged
+    errno.EKEYEXPIRED: 401,
+    errno.EKEYREVOKED: 401,
     errno.EACCES: 403,
     errno.EPERM: 403,
     errno.EROFS: 403,
@@ -43,7 +47,7 @@ HTTP_STATUS: dict[int, int] = {
 #: errno to assume for an HTTP status when the body carries no errno name (e.g. a proxy's error).
 STATUS_ERRNO: dict[int, int] = {
     400: errno.EINVAL,
-    401: errno.EACCES,
+    401: errno.ENOKEY,
     403: errno.EACCES,
     404: errno.ENOENT,
     409: errno.EEXIST,

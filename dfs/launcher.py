@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dfs.auth import KEY_ENV, auth_headers
 from dfs.protocol import DEFAULT_CHUNK_SIZE
 
 STARTUP_TIMEOUT = 20.0
@@ -31,10 +32,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
-    """A small blocking JSON request for tests; returns (status, decoded body)."""
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0, key: str | None = None,
+              headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """A small blocking JSON request for tests; returns (status, decoded body). `key`: the access key
+    to send (default $DFS_KEY; "" for none)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    key = os.environ.get(KEY_ENV, "") if key is None else key
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", **auth_headers(key), **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             raw = resp.read()
@@ -118,6 +123,7 @@ class Cluster:
     goal: int = 3
     master_args: list[str] = field(default_factory=list)
     chunkserver_args: list[str] = field(default_factory=list)  # given to every chunkserver
+    admin_key: str | None = None  # seeds DATA/admin.key on first start; then what the master keeps there
     master: Service | None = None
     chunkservers: list[Service] = field(default_factory=list)
     gateway: Service | None = None
@@ -139,9 +145,26 @@ class Cluster:
                 "master", "--data", str(data), "--listen", f"127.0.0.1:{port}",
                 "--chunk-size", str(self.chunk_size), "--goal", str(self.goal), *self.master_args,
             ], port, self.root / "master.log")
+        key_file = self.root / "master" / "admin.key"
+        if self.admin_key and not key_file.exists():  # the master adopts a key it finds there
+            key_file.touch(mode=0o600)
+            key_file.write_text(self.admin_key + "\n")
         self.master.start()
         self.master.wait_healthy()
+        with contextlib.suppress(OSError):
+            self.admin_key = key_file.read_text().strip() or self.admin_key
         return self.master
+
+    def create_key(self, name: str, uid: int, gid: int, scope: str = "rw", groups: tuple[int, ...] = (),
+                   expires: float | None = None) -> str:
+        """A new access key, made with the admin key (`dfs admin keys create`)."""
+        body: dict[str, Any] = {"name": name, "uid": uid, "gid": gid, "scope": scope, "groups": list(groups)}
+        if expires is not None:
+            body["expires"] = expires
+        status, reply = http_json("POST", self.master_url + "/api/admin/keys/create", body, key=self.admin_key or "")
+        if status != 200:
+            raise RuntimeError(f"cannot create access key {name!r}: {reply}")
+        return str(reply["key"])
 
     def add_chunkserver(self, capacity: str | None = None, start: bool = True,
                         args: list[str] | None = None) -> Service:
@@ -173,7 +196,7 @@ class Cluster:
         """Until the master counts `count` live chunkservers (registration is asynchronous)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status, body = http_json("POST", self.master_url + "/api/statfs", {})
+            status, body = http_json("POST", self.master_url + "/api/statfs", {}, key=self.admin_key)
             if status == 200 and body.get("servers_live", 0) >= count:
                 return
             time.sleep(0.05)
@@ -214,6 +237,7 @@ class Mount:
     log_path: Path
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # e.g. DFS_KEY: the mount's (proxy) access key
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -222,6 +246,7 @@ class Mount:
                 [sys.executable, "-m", "dfs", "mount", "-f", "--master", self.master_url, *self.args,
                  str(self.mountpoint)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, **self.env},
             )
         deadline = time.monotonic() + timeout
         while not is_mounted(self.mountpoint):

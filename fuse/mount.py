@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from dfs.cli.options import SIZE, master_option
+from dfs.cli.options import SIZE, current_key, master_option
 from dfs.client.client import Client
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
@@ -87,20 +87,28 @@ def raise_read_ahead(mountpoint: Path) -> None:
 
 
 def serve(master_url: str, mountpoint: Path, options: MountOptions, fuse_options: dict[str, Any],
-          retry_for: float, on_ready: Any = None) -> None:
+          retry_for: float, on_ready: Any = None, key: str = "") -> None:
     """Mount and serve until unmounted (blocks)."""
     from fuse.operations import DfsOperations
 
     loop = LoopThread()
-    client = Client(master_url, retry_for=retry_for)
+    client = Client(master_url, retry_for=retry_for, key=key)
     client.umask = 0  # the kernel has applied the caller's umask already
     try:
         loop.run(client.start())
+        me = loop.run(client.whoami())  # fails at once on a missing or refused key
     except BaseException:
         loop.run(client.close())
         loop.stop()
         raise
-    ops = DfsOperations(client, loop, options)
+    act_for_callers = bool(me.get("may_act_for_others"))
+    name = (me.get("key") or {}).get("name", "(none)")
+    if act_for_callers:
+        log.info("access key %r: calls carry each caller's uid, gid and groups", name)
+    else:
+        log.info("access key %r (scope %s) cannot act for others: every call is made as uid %s", name,
+                 me.get("scope"), me.get("uid"))
+    ops = DfsOperations(client, loop, options, act_for_callers)
 
     def ready() -> None:
         """libfuse's init ran: wait until the kernel shows the mount, then tune it and report."""
@@ -203,16 +211,17 @@ def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tu
     mountpoint = mountpoint.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mount %(levelname)s %(name)s: %(message)s")
     if foreground:
-        _serve_or_exit(master_url, mountpoint, options, fuse_options, master_timeout, None)
+        _serve_or_exit(master_url, mountpoint, options, fuse_options, master_timeout, None, current_key())
         return
+    key = current_key()
     pid, fd = _daemonize(log_file)
     if pid:
         raise SystemExit(_wait_for_child(pid, fd, mountpoint))
-    _serve_or_exit(master_url, mountpoint, options, fuse_options, master_timeout, fd)
+    _serve_or_exit(master_url, mountpoint, options, fuse_options, master_timeout, fd, key)
 
 
 def _serve_or_exit(master_url: str, mountpoint: Path, options: MountOptions, fuse_options: dict[str, Any],
-                   master_timeout: float, report_fd: int | None) -> None:
+                   master_timeout: float, report_fd: int | None, key: str) -> None:
     def report(message: bytes) -> None:
         if report_fd is not None:
             with contextlib.suppress(OSError):
@@ -220,7 +229,7 @@ def _serve_or_exit(master_url: str, mountpoint: Path, options: MountOptions, fus
                 os.close(report_fd)
 
     try:
-        serve(master_url, mountpoint, options, fuse_options, master_timeout, on_ready=lambda: report(READY))
+        serve(master_url, mountpoint, options, fuse_options, master_timeout, on_ready=lambda: report(READY), key=key)
     except DfsError as err:
         report(err.message.encode())
         click.echo(f"dfs: cannot mount '{mountpoint}': {err.message}", err=True)

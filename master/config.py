@@ -24,6 +24,7 @@ class MasterConfig:
     repair_bandwidth: int = 256 * 1024 * 1024  # bytes/s of re-replication copies, cluster-wide; 0: unlimited
     repair_concurrency: int = 2  # copies one chunkserver takes part in at once (source or target)
     repair_interval: float = 2.0  # seconds between re-replication scans (sooner on events)
+    insecure: bool = False  # no access keys required (master/auth.py): local experiments only
 
     @property
     def database_url(self) -> str:

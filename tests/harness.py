@@ -3,18 +3,28 @@
 `Cluster` starts `python -m dfs ...` subprocesses, waits for their /health, and stops every one of
 them (SIGTERM, then SIGKILL) on `stop()`, whatever state the test left them in. Tests use 1 MiB
 chunks so that files cross chunk boundaries.
+
+Access keys: every cluster of a test run starts with one admin key (TEST_ADMIN_KEY, seeded as the
+master's admin.key), which is also $DFS_KEY of this process and so of every CLI run, gateway and
+mount the tests start, and the default key of `http_json` and of the client library.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from dfs import launcher
+from dfs.auth import KEY_ENV, new_key
 from dfs.launcher import STARTUP_TIMEOUT, Service, free_port, http_json
 
-__all__ = ["STARTUP_TIMEOUT", "Cluster", "Service", "free_port", "http_json"]
+__all__ = ["STARTUP_TIMEOUT", "TEST_ADMIN_KEY", "Cluster", "Service", "free_port", "http_json"]
+
+TEST_ADMIN_KEY = new_key()[2]
+os.environ[KEY_ENV] = TEST_ADMIN_KEY
 
 
 @dataclass
 class Cluster(launcher.Cluster):
     chunk_size: int = 1024 * 1024
+    admin_key: str | None = TEST_ADMIN_KEY

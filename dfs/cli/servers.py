@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from dfs.cli.options import LISTEN, SIZE, master_option
+from dfs.cli.options import LISTEN, SIZE, current_key, master_option, master_url_option
 from dfs.protocol import CHUNKSERVER_PORT, DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, GATEWAY_PORT, MASTER_PORT, MAX_GOAL
 from dfs.web import setup_logging
 
@@ -44,10 +44,13 @@ log_level_option = click.option(
 @click.option("--repair-concurrency", envvar="DFS_REPAIR_CONCURRENCY", default=2, show_default=True,
               show_envvar=True, type=click.IntRange(1, 64),
               help="Copies one chunkserver takes part in at once (as source or target).")
+@click.option("--insecure", envvar="DFS_INSECURE", is_flag=True, show_envvar=True,
+              help="Require no access keys: every caller acts as root. Local experiments only.")
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
                    dead_timeout: float, gc_grace: float, heartbeat_interval: float, maintenance_timeout: float,
-                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, log_level: str) -> None:
+                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, insecure: bool,
+                   log_level: str) -> None:
     """Run the metadata master."""
     from master.config import MasterConfig
     from master.service import run_master
@@ -59,12 +62,12 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
                           chunk_size=chunk_size, goal=goal, dead_timeout=dead_timeout, gc_grace=gc_grace,
                           heartbeat_interval=heartbeat_interval, maintenance_timeout=maintenance_timeout,
                           lease_seconds=lease_seconds, repair_bandwidth=repair_bandwidth,
-                          repair_concurrency=repair_concurrency)
+                          repair_concurrency=repair_concurrency, insecure=insecure)
     asyncio.run(run_master(config))
 
 
 @click.command("chunkserver")
-@master_option
+@master_url_option
 @click.option("--data", "data_dirs", envvar="DFS_DATA", required=True, multiple=True, show_envvar=True,
               type=click.Path(file_okay=False, path_type=Path), help="Folder for chunks; repeat for several disks.")
 @click.option("--listen", envvar="DFS_LISTEN", default=f"127.0.0.1:{CHUNKSERVER_PORT}", show_default=True,
@@ -98,10 +101,17 @@ def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tu
               show_envvar=True, type=LISTEN, help="Address to serve on.")
 @click.option("--max-upload", envvar="DFS_MAX_UPLOAD", default="1TiB", type=SIZE, show_envvar=True,
               help="Largest body accepted by PUT and POST  [default: 1TiB]")
+@click.option("--insecure", envvar="DFS_INSECURE", is_flag=True, show_envvar=True,
+              help="Serve callers without an access key (with this gateway's own --key, if any). Experiments only.")
 @log_level_option
-def gateway_command(master_url: str, listen: tuple[str, int], max_upload: int, log_level: str) -> None:
-    """Run the HTTP gateway: the file system over plain HTTP (curl is enough)."""
+def gateway_command(master_url: str, listen: tuple[str, int], max_upload: int, insecure: bool, log_level: str) -> None:
+    """Run the HTTP gateway: the file system over plain HTTP (curl is enough).
+
+    Callers send their access key (curl -H "Authorization: Bearer $DFS_KEY", or -u name:KEY); the
+    gateway passes it on to the master, which checks it and the permissions of its uid.
+    """
     from dfs.gateway.service import run_gateway
 
     setup_logging("gateway", log_level)
-    asyncio.run(run_gateway(master_url.rstrip("/"), listen[0], listen[1], max_upload=max_upload))
+    asyncio.run(run_gateway(master_url.rstrip("/"), listen[0], listen[1], max_upload=max_upload,
+                            insecure=insecure, key=current_key()))

@@ -6,5 +6,6 @@ from dfs.gateway.app import create_app
 from dfs.web import serve
 
 
-async def run_gateway(master_url: str, host: str, port: int, *, max_upload: int) -> None:
-    await serve(create_app(master_url, max_upload), host, port, name="gateway")
+async def run_gateway(master_url: str, host: str, port: int, *, max_upload: int, insecure: bool = False,
+                      key: str = "") -> None:
+    await serve(create_app(master_url, max_upload, insecure=insecure, key=key), host, port, name="gateway")
