@@ -33,6 +33,6 @@ class AdminClient:
             await self._session.close()
             self._session = None
 
-    async def call(self, name: str, **fields: Any) -> dict[str, Any]:
+    async def call(self, name: str, /, **fields: Any) -> dict[str, Any]:
         assert self._rpc is not None, "use AdminClient as an async context manager"
         return await self._rpc.call(f"admin/{name}", **fields)
