@@ -166,6 +166,21 @@ class Cluster:
             raise RuntimeError(f"cannot create access key {name!r}: {reply}")
         return str(reply["key"])
 
+    def stored_key(self, path: Path, name: str, uid: int, gid: int, scope: str) -> str:
+        """The access key kept in `path` (0600) if the master still takes it, else a new one (named
+        `name`, replacing an older key of that name) written there."""
+        with contextlib.suppress(OSError):
+            key = path.read_text().strip()
+            if key and http_json("GET", self.master_url + "/api/whoami", key=key)[0] == 200:
+                return key
+        http_json("POST", self.master_url + "/api/admin/keys/revoke", {"name": name}, key=self.admin_key or "")
+        key = self.create_key(name, uid, gid, scope)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
+
     def add_chunkserver(self, capacity: str | None = None, start: bool = True,
                         args: list[str] | None = None) -> Service:
         index = len(self.chunkservers)

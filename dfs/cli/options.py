@@ -51,11 +51,12 @@ def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     return value
 
 
-_key_option = click.option("--key", envvar=KEY_ENV, show_envvar=True, expose_value=False, callback=_remember,
-                           help="Access key (dfs_...) to send to the master.")
-_key_file_option = click.option("--key-file", envvar=KEY_FILE_ENV, show_envvar=True, expose_value=False,
-                                callback=_remember, type=click.Path(dir_okay=False),
-                                help="File holding the access key (e.g. DATA/admin.key on the master's host).")
+# No click envvar: dfs.auth.find_key reads them after the flags, so --key-file beats $DFS_KEY.
+_key_option = click.option("--key", expose_value=False, callback=_remember,
+                           help=f"Access key (dfs_...) to send to the master  [env var: {KEY_ENV}]")
+_key_file_option = click.option("--key-file", expose_value=False, callback=_remember, type=click.Path(dir_okay=False),
+                                help="File holding the access key, e.g. DATA/admin.key on the master's host  "
+                                     f"[env var: {KEY_FILE_ENV}]")
 
 
 def master_option(command: F) -> F:
