@@ -189,7 +189,7 @@ def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tu
     """Mount the cluster at MOUNTPOINT.
 
     \b
-    /etc/fstab:  http://127.0.0.1:9400  /mnt/dfs  fuse.dfs-mount  _netdev,allow_other  0 0
+    /etc/fstab:  http://127.0.0.1:9400  /mnt/dfs  fuse.dfs-mount  _netdev,allow_other,key_file=/etc/dfs/mount.key  0 0
     """
     if not mountpoint.is_dir():
         raise click.UsageError(f"mount point '{mountpoint}' is not a folder")
@@ -262,4 +262,7 @@ def fstab_main() -> None:
     if "-o" in rest:
         extra = [o for o in rest[rest.index("-o") + 1].split(",") if o not in ("rw", "_netdev", "defaults", "auto",
                                                                                "noauto", "user", "nouser")]
-    mount_command.main(["--master", source, target, *[x for o in extra for x in ("-o", o)]], prog_name="dfs-mount")
+    keys = [x for o in extra if o.startswith("key_file=") for x in ("--key-file", o.partition("=")[2])]
+    extra = [o for o in extra if not o.startswith("key_file=")]
+    mount_command.main(["--master", source, *keys, target, *[x for o in extra for x in ("-o", o)]],
+                       prog_name="dfs-mount")
