@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dfs.auth import KEY_ENV, auth_headers
+from dfs.auth import KEY_ENV, auth_headers, new_key
 from dfs.protocol import DEFAULT_CHUNK_SIZE
 
 STARTUP_TIMEOUT = 20.0
@@ -50,6 +50,15 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0, ke
             return err.code, json.loads(raw)
         except ValueError:
             return err.code, raw.decode(errors="replace")
+
+
+def session_admin_key() -> str:
+    """An admin key for the clusters this process starts (tests, benchmarks): seed it as each master's
+    admin.key (`Cluster(admin_key=...)`); it is also exported as $DFS_KEY, so every client, CLI run,
+    gateway caller and mount started from here sends it."""
+    key = os.environ.get(KEY_ENV) or new_key()[2]
+    os.environ[KEY_ENV] = key
+    return key
 
 
 @dataclass

@@ -15,13 +15,13 @@ import os
 from dataclasses import dataclass
 
 from dfs import launcher
-from dfs.auth import KEY_ENV, new_key
-from dfs.launcher import STARTUP_TIMEOUT, Service, free_port, http_json
+from dfs.auth import KEY_ENV
+from dfs.launcher import STARTUP_TIMEOUT, Service, free_port, http_json, session_admin_key
 
 __all__ = ["STARTUP_TIMEOUT", "TEST_ADMIN_KEY", "Cluster", "Service", "free_port", "http_json"]
 
-TEST_ADMIN_KEY = new_key()[2]
-os.environ[KEY_ENV] = TEST_ADMIN_KEY
+os.environ.pop(KEY_ENV, None)  # never a key of the developer's shell
+TEST_ADMIN_KEY = session_admin_key()
 
 
 @dataclass
