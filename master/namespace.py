@@ -281,6 +281,9 @@ class Namespace:
         if goal is not None and not 1 <= goal <= MAX_GOAL:
             raise DfsError(errno.EINVAL, f"goal must be between 1 and {MAX_GOAL}")
 
+        if caller.uid and kind in (stat.S_IFCHR, stat.S_IFBLK):
+            raise DfsError(errno.EPERM, "only root may make device files")
+
         def txn(conn: Connection) -> tuple[Attr, bool]:
             if caller.uid:
                 require(caller, get_dir(conn, parent), X_OK)

@@ -67,6 +67,10 @@ def test_new_files_belong_to_the_caller(users: dict[str, SyncClient], secret: st
     assert (attr.uid, attr.gid, stat.S_IMODE(attr.mode)) == (ALICE, ALICE, 0o600)
     made, _ = users["bob"].create(users["bob"].stat("/perm").inode, "claims-root", uid=0, gid=0)
     assert (made.uid, made.gid) == (BOB, BOB)  # a user cannot make files for others
+    folder = users["bob"].stat("/perm").inode
+    assert code_of(users["bob"].create, folder, "dev", stat.S_IFCHR | 0o600, rdev=259) == errno.EPERM
+    fifo, _ = users["bob"].create(folder, "fifo", stat.S_IFIFO | 0o600)
+    assert stat.S_ISFIFO(fifo.mode) and fifo.uid == BOB
 
 
 def test_private_file_is_private(users: dict[str, SyncClient], secret: str) -> None:
