@@ -32,7 +32,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dfs.client import Client
-from dfs.launcher import Cluster, http_json
+from dfs.launcher import Cluster, http_json, session_admin_key
 from dfs.tokens import ChunkTokens
 from dfs.units import MiB, parse_size
 
@@ -92,7 +92,7 @@ def main() -> None:
     size = parse_size(args.size)
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="dfs-bench-", dir="."))
     capacity = str(max(4 * size, 1 << 30))
-    cluster = Cluster(root=base / "cluster", goal=1, chunk_size=64 * MiB)
+    cluster = Cluster(root=base / "cluster", goal=1, chunk_size=64 * MiB, admin_key=session_admin_key())
     try:
         cluster.start_master()
         a = cluster.add_chunkserver(capacity=capacity)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dfs.launcher import Cluster, Mount
+from dfs.launcher import Cluster, Mount, session_admin_key
 from dfs.units import MiB, parse_size
 
 BLOCK = MiB
@@ -186,7 +186,7 @@ def main() -> None:
     local.mkdir()
     tarball = base / "tree.tar.gz"
     entries = make_tarball(tarball)
-    cluster = Cluster(root=base / "cluster", goal=args.goal, chunk_size=64 * MiB)
+    cluster = Cluster(root=base / "cluster", goal=args.goal, chunk_size=64 * MiB, admin_key=session_admin_key())
     mount = Mount("", base / "mnt", base / "mount.log")
     results: list[tuple[str, float, float, str]] = []
     try:

@@ -35,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dfs.client.sync import SyncClient
-from dfs.launcher import Cluster, Service, http_json
+from dfs.launcher import Cluster, Service, http_json, session_admin_key
 from dfs.tokens import TOKEN_HEADER, ClusterKeys
 from dfs.units import MiB, parse_size
 
@@ -153,7 +153,7 @@ def main() -> None:
     cluster = Cluster(root=base / "cluster", chunk_size=CHUNK, goal=2, master_args=[
         "--dead-timeout", args.dead_timeout, "--heartbeat-interval", "0.5", "--gc-grace", "0",
         "--repair-bandwidth", args.repair_bandwidth, "--repair-concurrency", args.repair_concurrency,
-    ], chunkserver_args=["--scrub-rate", "0"])
+    ], chunkserver_args=["--scrub-rate", "0"], admin_key=session_admin_key())
     try:
         cluster.start(chunkservers=4, gateway=False)
         # each server ends up with ~size: (2 * a + 3 * b) / 4 = size with a = size, b = 2/3 size

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dfs.launcher import Cluster
+from dfs.launcher import Cluster, session_admin_key
 from dfs.units import MiB, parse_size
 
 
@@ -70,23 +70,24 @@ def main() -> None:
         block = os.urandom(MiB)
         for _ in range(size // MiB):
             f.write(block)
-    cluster = Cluster(root=base / "cluster", goal=args.goal, chunk_size=64 * MiB)
+    cluster = Cluster(root=base / "cluster", goal=args.goal, chunk_size=64 * MiB, admin_key=session_admin_key())
     results: list[tuple[str, float]] = []
     try:
         cluster.start(chunkservers=3, gateway=True)
         assert cluster.gateway is not None
         dfs = [sys.executable, "-m", "dfs"]
         env = {"DFS_MASTER": cluster.master_url}
+        auth = ["-H", f"Authorization: Bearer {cluster.admin_key}"]
         before = {s.name: rss_kib(s.proc.pid, "VmRSS") for s in cluster.services() if s.proc}
 
         drop_caches()
         cp_s, _ = timed(["sh", "-c", f"cp {source} {copy} && sync {copy}"])
         results.append(("cp (local disk baseline)", cp_s))
         drop_caches()
-        up_s, curl_up_rss = timed(["curl", "-sf", "-T", str(source), f"{cluster.gateway.url}/fs/curl.bin"])
+        up_s, curl_up_rss = timed(["curl", "-sf", *auth, "-T", str(source), f"{cluster.gateway.url}/fs/curl.bin"])
         results.append(("gateway upload (curl -T)", up_s))
         drop_caches()
-        down_s, curl_down_rss = timed(["curl", "-sf", "-o", str(out), f"{cluster.gateway.url}/fs/curl.bin"])
+        down_s, curl_down_rss = timed(["curl", "-sf", *auth, "-o", str(out), f"{cluster.gateway.url}/fs/curl.bin"])
         results.append(("gateway download (curl)", down_s))
         if digest(out) != digest(source):
             raise SystemExit("downloaded file differs")

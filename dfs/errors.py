@@ -17,8 +17,10 @@ HTTP_STATUS: dict[int, int] = {
     errno.EINVAL: 400,
     errno.ENAMETOOLONG: 400,
     errno.ELOOP: 400,
-    errno.EKEYREJECTED: 401,  # a missing, malformed or forged token or signature (dfs/tokens.py)
-    errno.EKEYEXPIRED: 401,  # an expired token: ask the master for a fresh one
+    errno.ENOKEY: 401,  # no access key: docs/PROTOCOL.md "Access keys"
+    errno.EKEYREJECTED: 401,  # an unknown or forged key; a missing, malformed or forged token or signature
+    errno.EKEYEXPIRED: 401,  # an expired key or token (a client asks the master for a fresh token)
+    errno.EKEYREVOKED: 401,
     errno.EACCES: 403,
     errno.EPERM: 403,
     errno.EROFS: 403,

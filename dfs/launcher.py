@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dfs import tls
+from dfs.auth import KEY_ENV, auth_headers, new_key
 from dfs.protocol import DEFAULT_CHUNK_SIZE
 from dfs.tokens import SECRET_FILE, ChunkTokens, ClusterKeys, join_token, read_secret_file
 
@@ -33,13 +34,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0,
+def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0, key: str | None = None,
               headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    """A small blocking JSON request for tests; returns (status, decoded body). HTTPS verifies with the
-    process's CA (dfs/tls.py)."""
+    """A small blocking JSON request for tests; returns (status, decoded body). `key`: the access key
+    to send (default $DFS_KEY; "" for none). HTTPS verifies with the process's CA (dfs/tls.py)."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    key = os.environ.get(KEY_ENV, "") if key is None else key
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Content-Type": "application/json", **auth_headers(key), **(headers or {})})
     context = tls.client_context() if url.startswith("https:") else None
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
@@ -51,6 +53,15 @@ def http_json(method: str, url: str, body: Any = None, timeout: float = 10.0,
             return err.code, json.loads(raw)
         except ValueError:
             return err.code, raw.decode(errors="replace")
+
+
+def session_admin_key() -> str:
+    """An admin key for the clusters this process starts (tests, benchmarks): seed it as each master's
+    admin.key (`Cluster(admin_key=...)`); it is also exported as $DFS_KEY, so every client, CLI run,
+    gateway caller and mount started from here sends it."""
+    key = os.environ.get(KEY_ENV) or new_key()[2]
+    os.environ[KEY_ENV] = key
+    return key
 
 
 @dataclass
@@ -138,6 +149,7 @@ class Cluster:
     goal: int = 3
     master_args: list[str] = field(default_factory=list)
     chunkserver_args: list[str] = field(default_factory=list)  # given to every chunkserver
+    admin_key: str | None = None  # seeds DATA/admin.key on first start; then what the master keeps there
     master: Service | None = None
     chunkservers: list[Service] = field(default_factory=list)
     gateway: Service | None = None
@@ -189,9 +201,41 @@ class Cluster:
                 "--chunk-size", str(self.chunk_size), "--goal", str(self.goal), *gateway, *self._tls_args(),
                 *self.master_args,
             ], port, self.root / "master.log", scheme=self.scheme)
+        key_file = self.root / "master" / "admin.key"
+        if self.admin_key and not key_file.exists():  # the master adopts a key it finds there
+            key_file.touch(mode=0o600)
+            key_file.write_text(self.admin_key + "\n")
         self.master.start()
         self.master.wait_healthy()
+        with contextlib.suppress(OSError):
+            self.admin_key = key_file.read_text().strip() or self.admin_key
         return self.master
+
+    def create_key(self, name: str, uid: int, gid: int, scope: str = "rw", groups: tuple[int, ...] = (),
+                   expires: float | None = None) -> str:
+        """A new access key, made with the admin key (`dfs admin keys create`)."""
+        body: dict[str, Any] = {"name": name, "uid": uid, "gid": gid, "scope": scope, "groups": list(groups)}
+        if expires is not None:
+            body["expires"] = expires
+        status, reply = http_json("POST", self.master_url + "/api/admin/keys/create", body, key=self.admin_key or "")
+        if status != 200:
+            raise RuntimeError(f"cannot create access key {name!r}: {reply}")
+        return str(reply["key"])
+
+    def stored_key(self, path: Path, name: str, uid: int, gid: int, scope: str) -> str:
+        """The access key kept in `path` (0600) if the master still takes it, else a new one (named
+        `name`, replacing an older key of that name) written there."""
+        with contextlib.suppress(OSError):
+            key = path.read_text().strip()
+            if key and http_json("GET", self.master_url + "/api/whoami", key=key)[0] == 200:
+                return key
+        http_json("POST", self.master_url + "/api/admin/keys/revoke", {"name": name}, key=self.admin_key or "")
+        key = self.create_key(name, uid, gid, scope)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return key
 
     def add_chunkserver(self, capacity: str | None = None, start: bool = True,
                         args: list[str] | None = None) -> Service:
@@ -230,7 +274,7 @@ class Cluster:
         """Until the master counts `count` live chunkservers (registration is asynchronous)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status, body = http_json("POST", self.master_url + "/api/statfs", {})
+            status, body = http_json("POST", self.master_url + "/api/statfs", {}, key=self.admin_key)
             if status == 200 and body.get("servers_live", 0) >= count:
                 return
             time.sleep(0.05)
@@ -273,6 +317,7 @@ class Mount:
     log_path: Path
     args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
+    env: dict[str, str] = field(default_factory=dict)  # e.g. DFS_KEY: the mount's (proxy) access key
 
     def start(self, timeout: float = STARTUP_TIMEOUT) -> Mount:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
@@ -281,6 +326,7 @@ class Mount:
                 [sys.executable, "-m", "dfs", "mount", "-f", "--master", self.master_url, *self.args,
                  str(self.mountpoint)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, **self.env},
             )
         deadline = time.monotonic() + timeout
         while not is_mounted(self.mountpoint):

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from dfs.cli.options import SIZE, master_option
+from dfs.cli.options import SIZE, current_key, master_option
 from dfs.client.client import Client
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
@@ -96,20 +96,28 @@ def raise_read_ahead(mountpoint: Path) -> None:
 
 
 def serve(master_url: str, mountpoint: Path, options: MountOptions, fuse_options: dict[str, Any],
-          retry_for: float, on_ready: Any = None) -> None:
+          retry_for: float, on_ready: Any = None, key: str = "") -> None:
     """Mount and serve until unmounted (blocks)."""
     from fuse.operations import DfsOperations
 
     loop = LoopThread()
-    client = Client(master_url, retry_for=retry_for)
+    client = Client(master_url, retry_for=retry_for, key=key)
     client.umask = 0  # the kernel has applied the caller's umask already
     try:
         loop.run(client.start())
+        me = loop.run(client.whoami())  # fails at once on a missing or refused key
     except BaseException:
         loop.run(client.close())
         loop.stop()
         raise
-    ops = DfsOperations(client, loop, options)
+    act_for_callers = bool(me.get("may_act_for_others"))
+    name = (me.get("key") or {}).get("name", "(none)")
+    if act_for_callers:
+        log.info("access key %r: calls carry each caller's uid, gid and groups", name)
+    else:
+        log.info("access key %r (scope %s) cannot act for others: every call is made as uid %s", name,
+                 me.get("scope"), me.get("uid"))
+    ops = DfsOperations(client, loop, options, act_for_callers)
 
     def ready() -> None:
         """libfuse's init ran: wait until the kernel shows the mount, then tune it and report."""
@@ -202,7 +210,7 @@ def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tu
     """Mount the cluster at MOUNTPOINT.
 
     \b
-    /etc/fstab:  http://127.0.0.1:9400  /mnt/dfs  fuse.dfs-mount  _netdev,allow_other  0 0
+    /etc/fstab:  http://127.0.0.1:9400  /mnt/dfs  fuse.dfs-mount  _netdev,allow_other,key_file=/etc/dfs/mount.key  0 0
     """
     if not mountpoint.is_dir():
         raise click.UsageError(f"mount point '{mountpoint}' is not a folder")
@@ -225,16 +233,17 @@ def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tu
     mountpoint = mountpoint.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s mount %(levelname)s %(name)s: %(message)s")
     if foreground:
-        _serve_or_exit(master_url, mountpoint, options, fuse_options, master_timeout, None)
+        _serve_or_exit(master_url, mountpoint, options, fuse_options, master_timeout, None, current_key())
         return
+    key = current_key()
     pid, fd = _daemonize(log_file)
     if pid:
         raise SystemExit(_wait_for_child(pid, fd, mountpoint))
-    _serve_or_exit(master_url, mountpoint, options, fuse_options, master_timeout, fd)
+    _serve_or_exit(master_url, mountpoint, options, fuse_options, master_timeout, fd, key)
 
 
 def _serve_or_exit(master_url: str, mountpoint: Path, options: MountOptions, fuse_options: dict[str, Any],
-                   master_timeout: float, report_fd: int | None) -> None:
+                   master_timeout: float, report_fd: int | None, key: str) -> None:
     def report(message: bytes) -> None:
         if report_fd is not None:
             with contextlib.suppress(OSError):
@@ -242,7 +251,7 @@ def _serve_or_exit(master_url: str, mountpoint: Path, options: MountOptions, fus
                 os.close(report_fd)
 
     try:
-        serve(master_url, mountpoint, options, fuse_options, master_timeout, on_ready=lambda: report(READY))
+        serve(master_url, mountpoint, options, fuse_options, master_timeout, on_ready=lambda: report(READY), key=key)
     except DfsError as err:
         report(err.message.encode())
         click.echo(f"dfs: cannot mount '{mountpoint}': {err.message}", err=True)
@@ -275,4 +284,7 @@ def fstab_main() -> None:
     if "-o" in rest:
         extra = [o for o in rest[rest.index("-o") + 1].split(",") if o not in ("rw", "_netdev", "defaults", "auto",
                                                                                "noauto", "user", "nouser")]
-    mount_command.main(["--master", source, target, *[x for o in extra for x in ("-o", o)]], prog_name="dfs-mount")
+    keys = [x for o in extra if o.startswith("key_file=") for x in ("--key-file", o.partition("=")[2])]
+    extra = [o for o in extra if not o.startswith("key_file=")]
+    mount_command.main(["--master", source, *keys, target, *[x for o in extra for x in ("-o", o)]],
+                       prog_name="dfs-mount")

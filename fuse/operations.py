@@ -31,6 +31,7 @@ from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
 from dfs.names import NAME_MAX
 from dfs.protocol import ROOT_INODE, Attr
+from fuse.callers import Callers
 from fuse.errors import fuse_op
 from fuse.namecache import NameCache, parent_of
 from fuse.openfiles import MemoryBudget, OpenFile
@@ -69,8 +70,9 @@ class DfsOperations(mfusepy.Operations):
     flag_nopath = True  # read/write/flush/release get the handle only: no path lookups in libfuse
     flag_nullpath_ok = True
 
-    def __init__(self, client: Client, loop: LoopThread, options: MountOptions) -> None:
-        self.client = client
+    def __init__(self, client: Client, loop: LoopThread, options: MountOptions, act_for_callers: bool = False) -> None:
+        self.client = client  # calls as the mount itself: open files
+        self.callers = Callers(client, act_for_callers)  # calls as the process behind the request
         self.loop = loop
         self.options = options
         self.names = NameCache(min(options.attr_timeout, options.entry_timeout))
@@ -91,6 +93,10 @@ class DfsOperations(mfusepy.Operations):
 
     def run(self, coro: Any) -> Any:
         return self.loop.run(coro)
+
+    def _me(self) -> Client:
+        """The client calling as the process behind this request (fuse/callers.py); FUSE thread only."""
+        return self.callers.client()
 
     def _caller(self) -> tuple[int, int]:
         uid, gid, _pid = mfusepy.fuse_get_context()
@@ -117,7 +123,7 @@ class DfsOperations(mfusepy.Operations):
         if isinstance(cached, Attr):
             return cached
         try:
-            attr = self.run(self.client.stat(path, follow=False))
+            attr = self.run(self._me().stat(path, follow=False))
         except DfsError as err:
             if err.errno == errno.ENOENT:
                 self.names.put_missing(path)
@@ -144,10 +150,11 @@ class DfsOperations(mfusepy.Operations):
         inode = self.names.inode_of(folder)
         if inode is None:
             return
+        client = self._me()
 
         async def listing() -> None:
             count = 0
-            async for name, attr in self.client.readdir(inode):
+            async for name, attr in client.readdir(inode):
                 self.names.put(folder.rstrip("/") + "/" + name, attr)
                 count += 1
                 if count >= PREFETCH_MAX_ENTRIES:
@@ -257,13 +264,16 @@ class DfsOperations(mfusepy.Operations):
 
     def _setattr(self, path: str | None, fh: Any, **changes: Any) -> Attr:
         self._check_writable()
+        client = self._me()
         if fh is not None and _fh(fh) in self._handles:
             inode = self._handles[_fh(fh)].inode
+            if "size" in changes:  # ftruncate: the file was opened for writing, whatever its mode is now
+                client = self.client
         elif path is not None:
             inode = self._attr(path).inode
         else:
             raise FuseOSError(errno.EBADF)
-        attr = self.run(self.client.setattr(inode, **changes))
+        attr = self.run(client.setattr(inode, **changes))
         if attr.nlink > 1:
             self._other_names_changed(attr.inode, *([path] if path else []))
         if path is not None:
@@ -286,13 +296,15 @@ class DfsOperations(mfusepy.Operations):
 
     @fuse_op
     def utimens(self, path: str | None, times: tuple[int, int] | None = None, fh: Any = None) -> int:
-        now = time.time_ns()
         atime, mtime = times if times is not None else (UTIME_NOW, UTIME_NOW)
-        changes = {}
-        for key, value in (("atime_ns", atime), ("mtime_ns", mtime)):
+        changes: dict[str, Any] = {}
+        for key, value in (("atime", atime), ("mtime", mtime)):
             if value == UTIME_OMIT:
                 continue
-            changes[key] = now if value == UTIME_NOW else int(value)
+            if value == UTIME_NOW:  # the master's clock; the owner or anyone who may write
+                changes[f"{key}_now"] = True
+            else:
+                changes[f"{key}_ns"] = int(value)
         if changes:
             self._setattr(path, fh, **changes)
         return 0
@@ -319,7 +331,7 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(path)
         uid, gid = self._caller()
-        attr = self.run(self.client.mkdir(parent, name, stat.S_IMODE(mode), uid=uid, gid=gid))
+        attr = self.run(self._me().mkdir(parent, name, stat.S_IMODE(mode), uid=uid, gid=gid))
         self._entry_changed(path)
         self.names.put(path, attr)
         self.names.mark_complete(attr.inode)
@@ -330,7 +342,7 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(path)
         uid, gid = self._caller()
-        attr, _ = self.run(self.client.create(parent, name, mode, exclusive=True, uid=uid, gid=gid, rdev=dev))
+        attr, _ = self.run(self._me().create(parent, name, mode, exclusive=True, uid=uid, gid=gid, rdev=dev))
         self._entry_changed(path)
         self.names.put(path, attr)
         return 0
@@ -341,14 +353,14 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(target)
         uid, gid = self._caller()
-        attr = self.run(self.client.symlink_entry(parent, name, source, uid=uid, gid=gid))
+        attr = self.run(self._me().symlink_entry(parent, name, source, uid=uid, gid=gid))
         self._entry_changed(target)
         self.names.put(target, attr)
         return 0
 
     @fuse_op
     def readlink(self, path: str) -> str:
-        return self.run(self.client.readlink_inode(self._attr(path).inode))
+        return self.run(self._me().readlink_inode(self._attr(path).inode))
 
     @fuse_op
     def link(self, target: str, source: str) -> int:
@@ -356,7 +368,7 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         inode = self._attr(source).inode
         parent, name = self._split(target)
-        attr = self.run(self.client.link(inode, parent, name))
+        attr = self.run(self._me().link(inode, parent, name))
         self._entry_changed(target)
         self._other_names_changed(attr.inode, target)  # their nlink and ctime moved
         self._changed(target, attr)
@@ -377,7 +389,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         attr = self._attr(path)
         self._removals += 1
-        self.run(self.client.unlink(parent, name, held=self._held()))
+        self.run(self._me().unlink(parent, name, held=self._held()))
         self._entry_changed(path)
         self.names.forget_path(path)
         self.names.put_missing(path)
@@ -390,7 +402,7 @@ class DfsOperations(mfusepy.Operations):
     def rmdir(self, path: str) -> int:
         self._check_writable()
         parent, name = self._split(path)
-        self.run(self.client.rmdir(parent, name))
+        self.run(self._me().rmdir(parent, name))
         self._entry_changed(path)
         self.names.forget_tree(path)
         self.names.put_missing(path)
@@ -407,7 +419,7 @@ class DfsOperations(mfusepy.Operations):
         new_parent, new_name = self._split(new)
         moved, replaced = self.names.inode_of(old), self.names.inode_of(new)
         self._removals += 1
-        self.run(self.client.rename_entry(parent, name, new_parent, new_name, noreplace=bool(flags & RENAME_NOREPLACE),
+        self.run(self._me().rename_entry(parent, name, new_parent, new_name, noreplace=bool(flags & RENAME_NOREPLACE),
                                           exchange=bool(flags & RENAME_EXCHANGE), held=self._held()))
         for path in (old, new):
             self._entry_changed(path)
@@ -452,8 +464,10 @@ class DfsOperations(mfusepy.Operations):
         entries: list[Any] = [(".", {"st_mode": stat.S_IFDIR, "st_ino": inode}, 0),
                               ("..", {"st_mode": stat.S_IFDIR, "st_ino": parent}, 0)]
 
+        client = self._me()
+
         async def listing() -> list[tuple[str, Attr]]:
-            return [item async for item in self.client.readdir(inode)]
+            return [item async for item in client.readdir(inode)]
 
         for name, attr in self.run(listing()):
             self.names.put(prefix + name, attr)
@@ -470,7 +484,7 @@ class DfsOperations(mfusepy.Operations):
 
     @fuse_op
     def statfs(self, path: str) -> dict[str, int]:
-        info = self.run(self.client.statfs())
+        info = self.run(self._me().statfs())
         block = 4096
         free = int(info.get("free", 0))
         return {
@@ -507,7 +521,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         exclusive = bool(fi.flags & os.O_EXCL) if fi is not None else True
-        attr, _ = self.run(self.client.create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
+        attr, _ = self.run(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
         self._entry_changed(path)
         self.names.put(path, attr)
         self._register(attr, fi)
@@ -522,7 +536,8 @@ class DfsOperations(mfusepy.Operations):
         # close-to-open: a first open asks the master for fresh attributes
         # close-to-open: every open asks the master for fresh attributes, even while another handle
         # (or a release the kernel has not sent yet) keeps our open state of the file alive
-        attr = self.run(self.client.getattr(inode))
+        writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)  # reads: the kernel checked (and exec)
+        attr = self.run(self._me().getattr(inode, access=os.W_OK if writing else 0))
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
         if existing is not None:
@@ -614,24 +629,24 @@ class DfsOperations(mfusepy.Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name.startswith(ACL_PREFIX):
             raise FuseOSError(errno.EOPNOTSUPP)
-        return self.run(self.client.getxattr(self._attr(path).inode, name))
+        return self.run(self._me().getxattr(self._attr(path).inode, name))
 
     @fuse_op
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         self._check_writable()
         if name.startswith(ACL_PREFIX):  # no POSIX ACLs: tools such as cp -a then fall back to chmod
             raise FuseOSError(errno.EOPNOTSUPP)
-        self.run(self.client.setxattr(self._attr(path).inode, name, bytes(value), options))
+        self.run(self._me().setxattr(self._attr(path).inode, name, bytes(value), options))
         self.names.forget_path(path)
         return 0
 
     @fuse_op
     def listxattr(self, path: str) -> list[str]:
-        return self.run(self.client.listxattr(self._attr(path).inode))
+        return self.run(self._me().listxattr(self._attr(path).inode))
 
     @fuse_op
     def removexattr(self, path: str, name: str) -> int:
         self._check_writable()
-        self.run(self.client.removexattr(self._attr(path).inode, name))
+        self.run(self._me().removexattr(self._attr(path).inode, name))
         self.names.forget_path(path)
         return 0

@@ -35,12 +35,15 @@ from dfs.web import (
     read_json,
 )
 from master.admin_api import add_admin_routes
+from master.auth import INSECURE_WARNING, KEYS, add_auth, auth_middleware, caller_of
 from master.config import MasterConfig
 from master.dashboard import add_dashboard_routes
 from master.db import Database
+from master.keys import KeyStore
 from master.leases import LeaseTable
 from master.metrics import add_master_metrics
 from master.namespace import Namespace, attr_json
+from master.permissions import Caller
 from master.placement import Placement
 from master.recovery import LeaseRecovery
 from master.repair import Repair
@@ -78,7 +81,7 @@ CONFIG_KEY = web.AppKey("config", MasterConfig)
 MASTER_KEY = web.AppKey("master", Master)
 VERIFIER = web.AppKey("verifier", RequestVerifier)
 
-Op = Callable[[Master, Params], Awaitable[dict[str, Any]]]
+Op = Callable[[Master, Params, Caller], Awaitable[dict[str, Any]]]
 
 
 # -- field readers --------------------------------------------------------------------------------
@@ -123,46 +126,49 @@ def _items(p: Params, key: str, max_items: int, default: Any = None) -> list[Par
 
 # -- namespace ------------------------------------------------------------------------------------
 
-async def op_resolve(m: Master, p: Params) -> dict[str, Any]:
-    attr = await m.namespace.resolve(p.str("path", max_length=CLUSTER_PATH_MAX), bool(p.bool("follow", False)))
+async def op_resolve(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    attr = await m.namespace.resolve(p.str("path", max_length=CLUSTER_PATH_MAX), bool(p.bool("follow", False)),
+                                     caller=c)
     return {"attr": attr_json(attr)}
 
 
-async def op_lookup(m: Master, p: Params) -> dict[str, Any]:
-    return {"attr": attr_json(await m.namespace.lookup(_inode(p, "parent"), _name(p)))}
+async def op_lookup(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    return {"attr": attr_json(await m.namespace.lookup(_inode(p, "parent"), _name(p), caller=c))}
 
 
-async def op_getattr(m: Master, p: Params) -> dict[str, Any]:
-    return {"attr": attr_json(await m.namespace.getattr(_inode(p)))}
+async def op_getattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    access = int(p.int("access", 0, minimum=0, maximum=7))  # R_OK|W_OK|X_OK the caller needs (open)
+    return {"attr": attr_json(await m.namespace.getattr(_inode(p), caller=c, access=access))}
 
 
-async def op_setattr(m: Master, p: Params) -> dict[str, Any]:
+async def op_setattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     attr = await m.namespace.setattr(
         _inode(p), mode=p.int("mode", None, minimum=0, maximum=0o7777),
         uid=p.int("uid", None, minimum=0, maximum=UID_MAX), gid=p.int("gid", None, minimum=0, maximum=UID_MAX),
         size=p.int("size", None, minimum=0), atime_ns=_time(p, "atime_ns"), mtime_ns=_time(p, "mtime_ns"),
+        atime_now=bool(p.bool("atime_now", False)), mtime_now=bool(p.bool("mtime_now", False)), caller=c,
     )
     return {"attr": attr_json(attr)}
 
 
-async def op_mkdir(m: Master, p: Params) -> dict[str, Any]:
+async def op_mkdir(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     attr = await m.namespace.mkdir(_inode(p, "parent"), _name(p), p.int("mode", 0o755, minimum=0, maximum=0o177777),
-                                   _id(p, "uid"), _id(p, "gid"))
+                                   _id(p, "uid"), _id(p, "gid"), caller=c)
     return {"attr": attr_json(attr)}
 
 
-async def op_create(m: Master, p: Params) -> dict[str, Any]:
+async def op_create(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     attr, created = await m.namespace.create(
         _inode(p, "parent"), _name(p), p.int("mode", 0o644, minimum=0, maximum=0o177777), _id(p, "uid"),
         _id(p, "gid"), bool(p.bool("exclusive", False)), p.int("goal", None, minimum=1, maximum=MAX_GOAL),
-        p.int("rdev", 0, minimum=0, maximum=INT64_MAX),
+        p.int("rdev", 0, minimum=0, maximum=INT64_MAX), caller=c,
     )
     return {"attr": attr_json(attr), "created": created}
 
 
-async def op_readdir(m: Master, p: Params) -> dict[str, Any]:
+async def op_readdir(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     entries, after = await m.namespace.readdir(_inode(p), p.str("after", None, max_length=1024),
-                                               p.int("limit", 1000, minimum=1, maximum=10_000))
+                                               p.int("limit", 1000, minimum=1, maximum=10_000), caller=c)
     return {"entries": [{"name": name, "attr": attr_json(attr)} for name, attr in entries], "next": after}
 
 
@@ -171,85 +177,86 @@ def _held(p: Params) -> frozenset[int]:
     return frozenset(p.int_list("held", [], max_items=100_000))
 
 
-async def op_unlink(m: Master, p: Params) -> dict[str, Any]:
-    await m.namespace.unlink(_inode(p, "parent"), _name(p), _held(p))
+async def op_unlink(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    await m.namespace.unlink(_inode(p, "parent"), _name(p), _held(p), caller=c)
     return {}
 
 
-async def op_forget(m: Master, p: Params) -> dict[str, Any]:
-    await m.namespace.forget(_inode(p))
+async def op_forget(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    await m.namespace.forget(_inode(p), caller=c)
     return {}
 
 
-async def op_rmdir(m: Master, p: Params) -> dict[str, Any]:
-    await m.namespace.rmdir(_inode(p, "parent"), _name(p))
+async def op_rmdir(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    await m.namespace.rmdir(_inode(p, "parent"), _name(p), caller=c)
     return {}
 
 
-async def op_rename(m: Master, p: Params) -> dict[str, Any]:
+async def op_rename(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     await m.namespace.rename(_inode(p, "parent"), _name(p), _inode(p, "new_parent"), _name(p, "new_name"),
                              noreplace=bool(p.bool("noreplace", False)), exchange=bool(p.bool("exchange", False)),
-                             held=_held(p))
+                             held=_held(p), caller=c)
     return {}
 
 
-async def op_link(m: Master, p: Params) -> dict[str, Any]:
-    attr = await m.namespace.link(_inode(p), _inode(p, "new_parent"), _name(p, "new_name"))
+async def op_link(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    attr = await m.namespace.link(_inode(p), _inode(p, "new_parent"), _name(p, "new_name"), caller=c)
     return {"attr": attr_json(attr)}
 
 
-async def op_symlink(m: Master, p: Params) -> dict[str, Any]:
+async def op_symlink(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     attr = await m.namespace.symlink(_inode(p, "parent"), _name(p), p.str("target", max_length=PATH_MAX * 4),
-                                     _id(p, "uid"), _id(p, "gid"))
+                                     _id(p, "uid"), _id(p, "gid"), caller=c)
     return {"attr": attr_json(attr)}
 
 
-async def op_readlink(m: Master, p: Params) -> dict[str, Any]:
+async def op_readlink(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     return {"target": await m.namespace.readlink(_inode(p))}
 
 
-async def op_statfs(m: Master, p: Params) -> dict[str, Any]:
+async def op_statfs(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     return await m.registry.statfs()
 
 
-async def op_getxattr(m: Master, p: Params) -> dict[str, Any]:
-    value = await m.xattrs.getxattr(_inode(p), _name(p))
+async def op_getxattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    value = await m.xattrs.getxattr(_inode(p), _name(p), caller=c)
     return {"value_b64": base64.b64encode(value).decode("ascii")}
 
 
-async def op_setxattr(m: Master, p: Params) -> dict[str, Any]:
-    await m.xattrs.setxattr(_inode(p), _name(p), _b64(p, "value_b64"), p.int("flags", 0, minimum=0, maximum=3))
+async def op_setxattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    await m.xattrs.setxattr(_inode(p), _name(p), _b64(p, "value_b64"), p.int("flags", 0, minimum=0, maximum=3),
+                            caller=c)
     return {}
 
 
-async def op_listxattr(m: Master, p: Params) -> dict[str, Any]:
-    return {"names": await m.xattrs.listxattr(_inode(p))}
+async def op_listxattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    return {"names": await m.xattrs.listxattr(_inode(p), caller=c)}
 
 
-async def op_removexattr(m: Master, p: Params) -> dict[str, Any]:
-    await m.xattrs.removexattr(_inode(p), _name(p))
+async def op_removexattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+    await m.xattrs.removexattr(_inode(p), _name(p), caller=c)
     return {}
 
 
 # -- placement ------------------------------------------------------------------------------------
 
-async def op_chunks(m: Master, p: Params) -> dict[str, Any]:
+async def op_chunks(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     return await m.placement.chunks(_inode(p), p.int("first", 0, minimum=0, maximum=MAX_FILE_SIZE),
-                                    p.int("count", 1000, minimum=1, maximum=100_000))
+                                    p.int("count", 1000, minimum=1, maximum=100_000), caller=c)
 
 
-async def op_lease(m: Master, p: Params) -> dict[str, Any]:
+async def op_lease(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     return await m.placement.lease(_inode(p), p.int("index", minimum=0, maximum=MAX_FILE_SIZE), _client(p),
-                                   p.int_list("exclude", [], max_items=1000))
+                                   p.int_list("exclude", [], max_items=1000), caller=c)
 
 
-async def op_commit(m: Master, p: Params) -> dict[str, Any]:
+async def op_commit(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     attr = await m.placement.commit(_inode(p), _client(p), p.int("size", None, minimum=0, maximum=INT64_MAX),
-                                    _time(p, "mtime_ns"), bool(p.bool("release", True)))
+                                    _time(p, "mtime_ns"), bool(p.bool("release", True)), caller=c)
     return {"attr": attr_json(attr)}
 
 
-async def op_report(m: Master, p: Params) -> dict[str, Any]:
+async def op_report(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     await m.placement.report(_inode(p, "chunk_id"), _inode(p, "server_id"),
                              p.int("version", minimum=0, maximum=INT64_MAX), p.str("problem", max_length=32))
     return {}
@@ -268,7 +275,7 @@ def _space(p: Params) -> tuple[int, int, int]:
     return tuple(p.int(k, minimum=0, maximum=INT64_MAX) for k in ("capacity", "used", "free"))  # type: ignore[return-value]
 
 
-async def op_register(m: Master, p: Params) -> dict[str, Any]:
+async def op_register(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     uuid = str(p.str("uuid", max_length=128))
     if not uuid:
         raise DfsError(errno.EINVAL, "'uuid' cannot be empty")
@@ -277,14 +284,14 @@ async def op_register(m: Master, p: Params) -> dict[str, Any]:
     return await m.registry.register(uuid, _url(p), *_space(p), report)
 
 
-async def op_heartbeat(m: Master, p: Params) -> dict[str, Any]:
+async def op_heartbeat(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     bad = [(_inode(b, "chunk_id"), int(b.int("version", minimum=0, maximum=INT64_MAX)),
             str(b.str("problem", "corrupt", max_length=32))) for b in _items(p, "bad", 100_000)]
     return await m.registry.heartbeat(_inode(p, "server_id"), *_space(p), bad,
                                       load=p.int("load", 0, minimum=0, maximum=INT64_MAX))
 
 
-async def op_goodbye(m: Master, p: Params) -> dict[str, Any]:
+async def op_goodbye(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     await m.registry.goodbye(_inode(p, "server_id"))
     return {}
 
@@ -303,7 +310,7 @@ OPS: dict[str, Op] = {
 def _handler(op: Op, large: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
         params = await read_json(request, MAX_REGISTER_BODY if large else MAX_JSON_BODY)
-        return web.json_response(await op(request.app[MASTER_KEY], params))
+        return web.json_response(await op(request.app[MASTER_KEY], params, caller_of(request)))
 
     return handle
 
@@ -332,6 +339,7 @@ async def status(request: web.Request) -> web.Response:
         **await m.namespace.counts(), "leases": len(m.leases),
         "chunk_size": m.config.chunk_size, "goal": m.config.goal,
         "repair": m.repair.status(), "recovery": m.recovery.status(),
+        **({"insecure": True, "warning": INSECURE_WARNING} if m.config.insecure else {}),
     })
 
 
@@ -354,6 +362,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CHUNKSERVER_TIMEOUT),
                                     connector=aiohttp.TCPConnector(ssl=tls.client_context()))
     try:
+        keys = KeyStore(db)
+        await keys.load()
+        await keys.ensure_admin_file(config.data_dir)
+        app[KEYS] = keys
         registry = Registry(db, config)
         await registry.load()
         leases = LeaseTable()
@@ -377,8 +389,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(config: MasterConfig) -> web.Application:
-    app = web.Application(middlewares=[metrics_middleware, error_middleware])
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, auth_middleware])
     app[CONFIG_KEY] = config
+    add_auth(app, config.insecure)  # access keys: master/auth.py
+    if config.insecure:
+        log.warning(INSECURE_WARNING)
     app.cleanup_ctx.append(_resources)
     app[VERIFIER] = RequestVerifier(config.load_keys())
     for name, op in OPS.items():
@@ -386,7 +401,9 @@ def create_app(config: MasterConfig) -> web.Application:
         app.router.add_post(f"/api/{name}", make(op, large=name == "cs/register"))
     app.router.add_get("/api/status", status)
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
-    add_health(app, "master")
+    # chunk_size: clients learn it before they are authenticated (the gateway has no key of its own)
+    add_health(app, "master", lambda: {"chunk_size": config.chunk_size, **({"insecure": True} if config.insecure
+                                                                           else {})})
     add_dashboard_routes(app, config.gateway_url)  # / and /dashboard/: the web page (master/dashboard)
     add_master_metrics(app)  # /metrics (master/metrics.py); after the admin jobs, whose figures it reads
     return app

@@ -31,6 +31,7 @@ class MasterConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     keys: ClusterKeys | None = field(default=None, repr=False)  # from the secret (load_keys)
+    insecure: bool = False  # no access keys required (master/auth.py): local experiments only
 
     @property
     def database_url(self) -> str:

@@ -26,6 +26,8 @@ from master import garbage
 from master.config import MasterConfig
 from master.db import Database
 from master.leases import LeaseTable
+from master.permissions import R_OK, ROOT, W_OK, X_OK, Caller, check_setattr, kill_suid, require, require_may_delete
+from master.permissions import require_owner as _require_owner
 from master.schema import chunks, dentries, inodes, replicas, xattrs
 from master.schema import garbage as garbage_table
 from master.servers import Registry
@@ -133,15 +135,15 @@ class Namespace:
 
     # -- lookups --------------------------------------------------------------------------------
 
-    async def resolve(self, path: str, follow: bool = False) -> Attr:
+    async def resolve(self, path: str, follow: bool = False, *, caller: Caller = ROOT) -> Attr:
         parts = split_path(path)
 
         def txn(conn: Connection) -> Attr:
-            return to_attr(self._walk(conn, parts, follow, path))
+            return to_attr(self._walk(conn, parts, follow, path, caller))
 
         return await self.db.run_read(txn)
 
-    def _walk(self, conn: Connection, parts: list[str], follow: bool, path: str) -> Row[Any]:
+    def _walk(self, conn: Connection, parts: list[str], follow: bool, path: str, caller: Caller = ROOT) -> Row[Any]:
         # `stack` is the chain of directories from the root to the current one: ".." in a symlink
         # target pops it, an absolute target resets it.
         stack = [get_inode(conn, ROOT_INODE)]
@@ -158,6 +160,8 @@ class Namespace:
             current = stack[-1]
             if not stat.S_ISDIR(current.mode):
                 raise DfsError(errno.ENOTDIR, f"not a directory on the way to {path}")
+            if caller.uid:
+                require(caller, current, X_OK, f" on the way to {path}")
             row = find_entry(conn, current.id, name)
             if row is None:
                 raise DfsError(errno.ENOENT, f"no such file or directory: {path}")
@@ -173,22 +177,32 @@ class Namespace:
             stack.append(row)
         return stack[-1]
 
-    async def lookup(self, parent: int, name: str) -> Attr:
+    async def lookup(self, parent: int, name: str, *, caller: Caller = ROOT) -> Attr:
         validate_name(name)
 
         def txn(conn: Connection) -> Attr:
+            if caller.uid:
+                require(caller, get_dir(conn, parent), X_OK)
             return to_attr(get_entry(conn, parent, name))
 
         return await self.db.run_read(txn, snapshot=False)
 
-    async def getattr(self, inode: int) -> Attr:
+    async def getattr(self, inode: int, *, caller: Caller = ROOT, access: int = 0) -> Attr:
+        """The attributes; with `access` (R_OK|W_OK|X_OK), EACCES unless the caller has that access."""
+
         def txn(conn: Connection) -> Attr:
-            return to_attr(get_inode(conn, inode))
+            row = get_inode(conn, inode)
+            if access:
+                require(caller, row, access)
+            return to_attr(row)
 
         return await self.db.run_read(txn, snapshot=False)
 
-    async def readdir(self, inode: int, after: str | None, limit: int) -> tuple[list[tuple[str, Attr]], str | None]:
+    async def readdir(self, inode: int, after: str | None, limit: int, *,
+                      caller: Caller = ROOT) -> tuple[list[tuple[str, Attr]], str | None]:
         def txn(conn: Connection) -> tuple[list[tuple[str, Attr]], str | None]:
+            if caller.uid:
+                require(caller, get_dir(conn, inode), R_OK)
             query = (select(dentries.c.name, *ATTR_COLUMNS)
                      .select_from(dentries.join(inodes, inodes.c.id == dentries.c.inode))
                      .where(dentries.c.parent == inode))
@@ -213,7 +227,8 @@ class Namespace:
 
     # -- creation -------------------------------------------------------------------------------
 
-    def _new_entry(self, conn: Connection, parent: int, name: str, values: dict[str, Any]) -> Attr:
+    def _new_entry(self, conn: Connection, parent: int, name: str, values: dict[str, Any],
+                   caller: Caller = ROOT) -> Attr:
         """Insert an inode and its entry in directory `parent`, which must not have `name` yet.
 
         The parent's update doubles as its check (no row updated: missing or not a directory), so
@@ -222,12 +237,19 @@ class Namespace:
         now = time.time_ns()
         is_dir = stat.S_ISDIR(values["mode"])
         folder = get_dir(conn, parent)  # raises ENOENT / ENOTDIR
+        if caller.uid:
+            require(caller, folder, X_OK)
         if find_entry(conn, parent, name) is not None:
             raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
+        if caller.uid:  # a user's new inodes are theirs, whatever the request says; root may choose
+            require(caller, folder, W_OK | X_OK)
+            values["uid"], values["gid"] = caller.uid, caller.gid
         if folder.mode & stat.S_ISGID:  # a setgid folder hands its group (and, to folders, the bit) down
             values["gid"] = folder.gid
             if is_dir:
                 values["mode"] |= stat.S_ISGID
+            elif caller.uid and not caller.in_group(folder.gid):
+                values["mode"] &= ~stat.S_ISGID
         if values.get("goal") is None:  # goals are inherited from the folder, as in MooseFS
             values["goal"] = folder.goal
         touch_dir(conn, parent, now, int(is_dir))
@@ -241,17 +263,17 @@ class Namespace:
             raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}") from None
         return Attr(inode=inode, **{k: values[k] for k in ATTR_FIELDS})
 
-    async def mkdir(self, parent: int, name: str, mode: int, uid: int, gid: int) -> Attr:
+    async def mkdir(self, parent: int, name: str, mode: int, uid: int, gid: int, *, caller: Caller = ROOT) -> Attr:
         validate_name(name)
 
         def txn(conn: Connection) -> Attr:
             values = {"mode": stat.S_IFDIR | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 2, "goal": None}
-            return self._new_entry(conn, parent, name, values)
+            return self._new_entry(conn, parent, name, values, caller)
 
         return await self.db.run_write(txn)
 
     async def create(self, parent: int, name: str, mode: int, uid: int, gid: int, exclusive: bool,
-                     goal: int | None = None, rdev: int = 0) -> tuple[Attr, bool]:
+                     goal: int | None = None, rdev: int = 0, *, caller: Caller = ROOT) -> tuple[Attr, bool]:
         validate_name(name)
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in MKNOD_TYPES:
@@ -259,7 +281,12 @@ class Namespace:
         if goal is not None and not 1 <= goal <= MAX_GOAL:
             raise DfsError(errno.EINVAL, f"goal must be between 1 and {MAX_GOAL}")
 
+        if caller.uid and kind in (stat.S_IFCHR, stat.S_IFBLK):
+            raise DfsError(errno.EPERM, "only root may make device files")
+
         def txn(conn: Connection) -> tuple[Attr, bool]:
+            if caller.uid:
+                require(caller, get_dir(conn, parent), X_OK)
             existing = find_entry(conn, parent, name)
             if existing is not None:
                 if exclusive:
@@ -272,31 +299,36 @@ class Namespace:
             values = {"mode": kind | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 1,
                       "goal": goal,
                       "rdev": rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0}
-            return self._new_entry(conn, parent, name, values), True
+            return self._new_entry(conn, parent, name, values, caller), True
 
         return await self.db.run_write(txn)
 
-    async def symlink(self, parent: int, name: str, target: str, uid: int, gid: int) -> Attr:
+    async def symlink(self, parent: int, name: str, target: str, uid: int, gid: int, *,
+                      caller: Caller = ROOT) -> Attr:
         validate_name(name)
         check_symlink_target(target)
 
         def txn(conn: Connection) -> Attr:
             values = {"mode": stat.S_IFLNK | 0o777, "uid": uid, "gid": gid, "nlink": 1, "target": target,
                       "size": len(target.encode("utf-8", "surrogateescape")), "goal": self.config.goal}
-            return self._new_entry(conn, parent, name, values)
+            return self._new_entry(conn, parent, name, values, caller)
 
         return await self.db.run_write(txn)
 
-    async def link(self, inode: int, new_parent: int, new_name: str) -> Attr:
+    async def link(self, inode: int, new_parent: int, new_name: str, *, caller: Caller = ROOT) -> Attr:
         validate_name(new_name)
 
         def txn(conn: Connection) -> Attr:
             row = get_inode(conn, inode)
             if stat.S_ISDIR(row.mode):
                 raise DfsError(errno.EPERM, f"inode {inode} is a directory: no hard links to directories")
-            get_dir(conn, new_parent)
+            folder = get_dir(conn, new_parent)
+            if caller.uid:
+                require(caller, folder, X_OK)
             if find_entry(conn, new_parent, new_name) is not None:
                 raise DfsError(errno.EEXIST, f"{new_name!r} already exists in directory {new_parent}")
+            if caller.uid:
+                require(caller, folder, W_OK | X_OK)
             now = time.time_ns()
             conn.execute(insert(dentries).values(parent=new_parent, name=new_name, inode=inode))
             conn.execute(update(inodes).where(inodes.c.id == inode)
@@ -335,22 +367,50 @@ class Namespace:
     def _has_entries(self, conn: Connection, inode: int) -> bool:
         return conn.scalar(select(dentries.c.inode).where(dentries.c.parent == inode).limit(1)) is not None
 
-    async def forget(self, inode: int) -> None:
+    def _victim(self, conn: Connection, parent: int, name: str, caller: Caller) -> Row[Any]:
+        """The entry an unlink or rmdir removes, once the caller may remove it."""
+        if not caller.uid:
+            return get_entry(conn, parent, name)
+        folder = get_dir(conn, parent)
+        require(caller, folder, X_OK)
+        row = get_entry(conn, parent, name)
+        require_may_delete(caller, folder, row)
+        return row
+
+    def _check_rename(self, conn: Connection, caller: Caller, parent: int, src: Row[Any], new_parent: int,
+                      folder: Row[Any], dst: Row[Any] | None, exchange: bool) -> None:
+        """rename(2)'s permissions: remove from the old folder, add to (or replace in) the new one,
+        and a folder moving to another parent needs write permission on itself (its '..' changes)."""
+        require_may_delete(caller, get_dir(conn, parent), src)
+        if dst is None:
+            require(caller, folder, W_OK | X_OK)
+        else:
+            require_may_delete(caller, folder, dst)
+        if parent != new_parent:
+            if stat.S_ISDIR(src.mode):
+                require(caller, src, W_OK)
+            if exchange and dst is not None and stat.S_ISDIR(dst.mode):
+                require(caller, dst, W_OK)
+
+    async def forget(self, inode: int, *, caller: Caller = ROOT) -> None:
         """The last open handle of an unlinked file (nlink 0) is closed: delete it now."""
 
         def txn(conn: Connection) -> int | None:
-            row = conn.execute(select(inodes.c.id, inodes.c.mode, inodes.c.nlink).where(inodes.c.id == inode)).first()
+            row = conn.execute(select(inodes.c.id, inodes.c.mode, inodes.c.nlink, inodes.c.uid)
+                               .where(inodes.c.id == inode)).first()
             if row is None or row.nlink > 0 or stat.S_ISDIR(row.mode):
                 return None
+            _require_owner(caller, row, "forget it")
             return self._drop_link(conn, row, time.time_ns())
 
         self._forget(await self.db.run_write(txn))
 
-    async def unlink(self, parent: int, name: str, held: frozenset[int] = frozenset()) -> None:
+    async def unlink(self, parent: int, name: str, held: frozenset[int] = frozenset(), *,
+                     caller: Caller = ROOT) -> None:
         validate_name(name)
 
         def txn(conn: Connection) -> int | None:
-            row = get_entry(conn, parent, name)
+            row = self._victim(conn, parent, name, caller)
             if stat.S_ISDIR(row.mode):
                 raise DfsError(errno.EISDIR, f"{name!r} in directory {parent} is a directory")
             now = time.time_ns()
@@ -360,11 +420,11 @@ class Namespace:
 
         self._forget(await self.db.run_write(txn))
 
-    async def rmdir(self, parent: int, name: str) -> None:
+    async def rmdir(self, parent: int, name: str, *, caller: Caller = ROOT) -> None:
         validate_name(name)
 
         def txn(conn: Connection) -> None:
-            row = get_entry(conn, parent, name)
+            row = self._victim(conn, parent, name, caller)
             if not stat.S_ISDIR(row.mode):
                 raise DfsError(errno.ENOTDIR, f"{name!r} in directory {parent} is not a directory")
             if self._has_entries(conn, row.id):
@@ -393,18 +453,24 @@ class Namespace:
         raise DfsError(errno.ELOOP, f"directory {inode} is nested too deep")
 
     async def rename(self, parent: int, name: str, new_parent: int, new_name: str, noreplace: bool = False,
-                     exchange: bool = False, held: frozenset[int] = frozenset()) -> None:
+                     exchange: bool = False, held: frozenset[int] = frozenset(), caller: Caller = ROOT) -> None:
         validate_name(name)
         validate_name(new_name)
         if noreplace and exchange:
             raise DfsError(errno.EINVAL, "noreplace and exchange cannot be combined")
 
         def txn(conn: Connection) -> int | None:
+            if caller.uid:
+                require(caller, get_dir(conn, parent), X_OK)
             src = get_entry(conn, parent, name)
-            get_dir(conn, new_parent)
+            folder = get_dir(conn, new_parent)
+            if caller.uid:
+                require(caller, folder, X_OK)
             dst = find_entry(conn, new_parent, new_name)
             src_dir = stat.S_ISDIR(src.mode)
             dst_dir = dst is not None and stat.S_ISDIR(dst.mode)
+            if caller.uid:
+                self._check_rename(conn, caller, parent, src, new_parent, folder, dst, exchange)
             if exchange:
                 if dst is None:
                     raise DfsError(errno.ENOENT, f"no entry {new_name!r} in directory {new_parent} to exchange with")
@@ -468,7 +534,10 @@ class Namespace:
 
     async def setattr(self, inode: int, *, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, size: int | None = None, atime_ns: int | None = None,
-                      mtime_ns: int | None = None) -> Attr:
+                      mtime_ns: int | None = None, atime_now: bool = False, mtime_now: bool = False,
+                      caller: Caller = ROOT) -> Attr:
+        """`atime_now`/`mtime_now` set a time to the master's clock (utimensat's UTIME_NOW: the owner or
+        anyone who may write); explicit times are for the owner (or root) only."""
         if mode is not None and not 0 <= mode <= 0o7777:
             raise DfsError(errno.EINVAL, "mode must be permission bits (0 to 0o7777)")
         if size is not None:
@@ -483,8 +552,21 @@ class Namespace:
             row = get_inode(conn, inode)
             now = time.time_ns()
             values: dict[str, Any] = {"ctime_ns": now}
-            if mode is not None:
-                values["mode"] = stat.S_IFMT(row.mode) | mode
+            new_mode = mode
+            if caller.uid:
+                new_mode = check_setattr(caller, row, mode=mode, uid=uid, gid=gid, size=size,
+                                         times_set=atime_ns is not None or mtime_ns is not None,
+                                         times_now=atime_now or mtime_now)
+                if uid is not None or gid is not None:  # a chown by a user drops set-user-ID
+                    killed = kill_suid(caller, row.mode if new_mode is None else stat.S_IFMT(row.mode) | new_mode)
+                    if killed is not None:
+                        new_mode = stat.S_IMODE(killed)
+            if new_mode is not None:
+                values["mode"] = stat.S_IFMT(row.mode) | new_mode
+            if atime_now:
+                values["atime_ns"] = now
+            if mtime_now:
+                values["mtime_ns"] = now
             if uid is not None:
                 values["uid"] = uid
             if gid is not None:

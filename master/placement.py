@@ -20,6 +20,7 @@ from master.config import MasterConfig
 from master.db import Database
 from master.leases import Grant, LeaseTable
 from master.namespace import get_inode, to_attr
+from master.permissions import R_OK, ROOT, W_OK, Caller, kill_suid, require
 from master.schema import chunks, inodes, replicas
 from master.servers import BAD_PROBLEMS, Registry, ServerInfo, drop_bad
 
@@ -53,9 +54,11 @@ class Placement:
 
     # -- reads ----------------------------------------------------------------------------------
 
-    async def chunks(self, inode: int, first: int, count: int) -> dict[str, Any]:
+    async def chunks(self, inode: int, first: int, count: int, *, caller: Caller = ROOT) -> dict[str, Any]:
         def txn(conn: Connection) -> tuple[int, dict[int, tuple[int, int, list[int]]]]:
             row = get_inode(conn, inode)
+            if caller.uid:
+                require(caller, row, R_OK)
             query = (select(chunks.c.idx, chunks.c.chunk_id, chunks.c.version, replicas.c.server_id)
                      .select_from(chunks.outerjoin(replicas, and_(replicas.c.chunk_id == chunks.c.chunk_id,
                                                                   replicas.c.version == chunks.c.version)))
@@ -80,11 +83,14 @@ class Placement:
 
     # -- leases ---------------------------------------------------------------------------------
 
-    async def lease(self, inode: int, index: int, client: str, exclude: list[int]) -> dict[str, Any]:
+    async def lease(self, inode: int, index: int, client: str, exclude: list[int], *,
+                    caller: Caller = ROOT) -> dict[str, Any]:
         if index * self.config.chunk_size >= MAX_FILE_SIZE:
             raise DfsError(errno.EFBIG, f"chunk {index} lies past the largest file size {MAX_FILE_SIZE}")
         async with self._lock:
             held = self.leases.get(inode, index)
+            if caller.uid:  # every grant and renewal: a chmod since the last one counts
+                await self.db.run_write(lambda conn: self._may_write(conn, inode, caller))
             if held is not None:
                 if held.client != client:
                     raise DfsError(errno.EBUSY, f"chunk {index} of inode {inode} is being written by another client")
@@ -109,6 +115,16 @@ class Placement:
         reply["token"] = self.config.token("write", grant.chunk_id, grant.version, lifetime=reply["expires_in"])
         reply["read_token"] = self.config.token("read", grant.chunk_id, grant.version)
         return reply
+
+    @staticmethod
+    def _may_write(conn: Connection, inode: int, caller: Caller) -> None:
+        """A user's write: needs write permission, and drops set-user-ID as Linux does."""
+        row = get_inode(conn, inode)
+        _writable(row)
+        require(caller, row, W_OK)
+        killed = kill_suid(caller, row.mode)
+        if killed is not None:
+            conn.execute(update(inodes).where(inodes.c.id == inode).values(mode=killed, ctime_ns=time.time_ns()))
 
     def _grant(self, conn: Connection, inode: int, index: int, client: str, exclude: set[int],
                live: dict[int, ServerInfo]) -> tuple[Grant, list[ServerInfo]]:
@@ -165,7 +181,8 @@ class Placement:
 
     # -- commits and reports --------------------------------------------------------------------
 
-    async def commit(self, inode: int, client: str, size: int | None, mtime_ns: int | None, release: bool) -> Attr:
+    async def commit(self, inode: int, client: str, size: int | None, mtime_ns: int | None, release: bool, *,
+                     caller: Caller = ROOT) -> Attr:
         """Record a finished write (size, mtime); without `size` only give the client's leases back."""
         if size is None:
             if release:
@@ -177,6 +194,8 @@ class Placement:
         def txn(conn: Connection) -> Attr:
             row = get_inode(conn, inode)
             _writable(row)
+            if caller.uid:
+                require(caller, row, W_OK)
             now = time.time_ns()
             conn.execute(update(inodes).where(inodes.c.id == inode).values(
           size=max(row.size, size), mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now))

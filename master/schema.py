@@ -141,6 +141,23 @@ garbage = Table(
 )
 
 
+#: Access keys (master/keys.py): a client sends `dfs_<key_id>_<secret>`; only the SHA-256 of the
+#: secret is kept. Revoked keys stay (revoked = when) so that `dfs admin keys list` shows them.
+access_keys = Table(
+    "access_keys", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("key_id", String(16), nullable=False, unique=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("gid", BigInteger, nullable=False),
+    Column("groups", String(4096), nullable=False, default=""),  # supplementary gids, comma-separated
+    Column("scope", String(16), nullable=False),  # admin, proxy, rw, ro
+    Column("created", Float, nullable=False),  # wall clock
+    Column("expires", Float, nullable=True),  # wall clock; None: never
+    Column("revoked", Float, nullable=True),  # wall clock; None: in force
+)
+
+
 def create_tables(conn: Connection, goal: int) -> None:
     """Create missing tables and the root directory (inode 1) on first start."""
     metadata.create_all(conn)

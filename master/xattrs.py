@@ -10,6 +10,7 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from dfs.errors import DfsError
 from master.db import Database
 from master.namespace import get_inode
+from master.permissions import ROOT, Caller, check_xattr, visible_xattr
 from master.schema import inodes, xattrs
 
 XATTR_NAME_MAX = 255
@@ -31,10 +32,12 @@ class Xattrs:
             raise DfsError(errno.ERANGE, f"extended attribute name longer than {XATTR_NAME_MAX} bytes")
         return name
 
-    async def getxattr(self, inode: int, name: str) -> bytes:
+    async def getxattr(self, inode: int, name: str, *, caller: Caller = ROOT) -> bytes:
         self._xattr_name(name)
 
         def txn(conn: Connection) -> bytes:
+            if caller.uid:
+                check_xattr(caller, get_inode(conn, inode), name, write=False)
             value = conn.scalar(select(xattrs.c.value).where(xattrs.c.inode == inode, xattrs.c.name == name))
             if value is None:
                 get_inode(conn, inode)
@@ -43,7 +46,7 @@ class Xattrs:
 
         return await self.db.run_read(txn, snapshot=False)
 
-    async def setxattr(self, inode: int, name: str, value: bytes, flags: int = 0) -> None:
+    async def setxattr(self, inode: int, name: str, value: bytes, flags: int = 0, *, caller: Caller = ROOT) -> None:
         self._xattr_name(name)
         if len(value) > XATTR_SIZE_MAX:
             raise DfsError(errno.E2BIG, f"extended attribute value larger than {XATTR_SIZE_MAX} bytes")
@@ -51,7 +54,7 @@ class Xattrs:
             raise DfsError(errno.EINVAL, f"unknown setxattr flags {flags}")
 
         def txn(conn: Connection) -> None:
-            get_inode(conn, inode)
+            check_xattr(caller, get_inode(conn, inode), name, write=True)
             where = (xattrs.c.inode == inode, xattrs.c.name == name)
             exists = conn.scalar(select(func.count()).select_from(xattrs).where(*where))
             if exists and flags == XATTR_CREATE:
@@ -66,19 +69,19 @@ class Xattrs:
 
         await self.db.run_write(txn)
 
-    async def listxattr(self, inode: int) -> list[str]:
+    async def listxattr(self, inode: int, *, caller: Caller = ROOT) -> list[str]:
         def txn(conn: Connection) -> list[str]:
             get_inode(conn, inode)
             result = conn.execute(select(xattrs.c.name).where(xattrs.c.inode == inode).order_by(xattrs.c.name))
-            return [r[0] for r in result]
+            return [r[0] for r in result if visible_xattr(caller, r[0])]
 
         return await self.db.run_read(txn, snapshot=False)
 
-    async def removexattr(self, inode: int, name: str) -> None:
+    async def removexattr(self, inode: int, name: str, *, caller: Caller = ROOT) -> None:
         self._xattr_name(name)
 
         def txn(conn: Connection) -> None:
-            get_inode(conn, inode)
+            check_xattr(caller, get_inode(conn, inode), name, write=True)
             result = conn.execute(delete(xattrs).where(xattrs.c.inode == inode, xattrs.c.name == name))
             if not result.rowcount:
                 raise DfsError(errno.ENODATA, f"inode {inode} has no extended attribute {name!r}")

@@ -17,11 +17,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness import Cluster, Service, free_port
+from dfs.auth import auth_headers
+from tests.harness import TEST_ADMIN_KEY, Cluster, Service, free_port
 
 MiB = 1024 * 1024
 CHUNK = MiB  # the cluster fixture's chunk size
 NO_FILE = "the form holds no file (send parts with a filename, e.g. curl -F f=@x)"
+AUTH = auth_headers(TEST_ADMIN_KEY)  # every caller of the gateway sends an access key
+CURL_AUTH = ["-H", f"Authorization: Bearer {TEST_ADMIN_KEY}"]
 
 
 def payload(size: int, seed: int = 0) -> bytes:
@@ -42,7 +45,7 @@ async def stream_of(size: int, seed: int, digest: Any, piece: int = 256 * 1024) 
 
 @pytest.fixture
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120), headers=AUTH) as session:
         yield session
 
 
@@ -362,7 +365,8 @@ def raw_request(url: str, target: str, method: str = "GET") -> tuple[int, bytes]
     """Send `target` byte for byte (no client-side normalisation); (status, body)."""
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n"
+                     f"Authorization: {AUTH['Authorization']}\r\n\r\n".encode())
         chunks = []
         while data := sock.recv(65536):
             chunks.append(data)
@@ -454,8 +458,8 @@ async def test_max_upload_curl(small_gateway: str, folder: str, tmp_path: Path) 
         pytest.skip("curl is not installed")
     big = tmp_path / "big.bin"
     big.write_bytes(payload(3 * MiB, seed=5))
-    out = subprocess.run([curl, "-s", "-T", str(big), "-w", "\n%{http_code}", f"{small_gateway}/fs{folder}/big"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run([curl, "-s", *CURL_AUTH, "-T", str(big), "-w", "\n%{http_code}",
+                          f"{small_gateway}/fs{folder}/big"], capture_output=True, text=True, timeout=60)
     body, _, code = out.stdout.rpartition("\n")
     assert code == "413" and json.loads(body)["error"] == "EFBIG"
 
@@ -486,7 +490,7 @@ async def test_chunkservers_lost_mid_download(fresh_cluster: Cluster) -> None:
     assert fresh_cluster.gateway is not None
     url = f"{fresh_cluster.gateway.url}/fs/big.bin"
     size = 48 * MiB
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120), headers=AUTH) as http:
         assert (await put(http, url, stream_of(size, 3, hashlib.sha256())))[0] == 201
         expected = payload(size, seed=3)  # stream_of(size, 3, ...) in one piece: the same bytes
         received = bytearray()
@@ -513,7 +517,7 @@ def test_with_curl(gw: str, cluster: Cluster, tmp_path: Path) -> None:
         pytest.skip("curl is not installed")
 
     def run(*args: str) -> str:
-        return subprocess.run([curl, "-sS", "--fail-with-body", *args], check=True, capture_output=True,
+        return subprocess.run([curl, "-sS", "--fail-with-body", *CURL_AUTH, *args], check=True, capture_output=True,
                               timeout=60).stdout.decode()
 
     folder = f"/curl-{uuid.uuid4().hex[:8]}"
@@ -532,11 +536,12 @@ def test_with_curl(gw: str, cluster: Cluster, tmp_path: Path) -> None:
     assert out.read_bytes() == data[1048570:1048600]
     run("-r", "-7", "-o", str(out), f"{gw}/fs{folder}/up.bin")
     assert out.read_bytes() == data[-7:]
-    piped = subprocess.run([curl, "-sS", "-T", "-", f"{gw}/fs{folder}/piped"], input=b"via stdin",
+    piped = subprocess.run([curl, "-sS", "-u", f"me:{TEST_ADMIN_KEY}", "-T", "-", f"{gw}/fs{folder}/piped"],
+                           input=b"via stdin",
                            capture_output=True, check=True, timeout=60)  # chunked transfer encoding
     assert json.loads(piped.stdout)["size"] == 9
     for target in (f"/fs{folder}/../../etc/passwd", "/fs/%2e%2e/etc/passwd"):
-        res = subprocess.run([curl, "-s", "--path-as-is", "-w", "\n%{http_code}", gw + target],
+        res = subprocess.run([curl, "-s", *CURL_AUTH, "--path-as-is", "-w", "\n%{http_code}", gw + target],
                              capture_output=True, text=True, timeout=30)
         body, _, code = res.stdout.rpartition("\n")
         assert code in ("400", "404") and "error" in json.loads(body), res.stdout

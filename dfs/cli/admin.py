@@ -27,7 +27,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from dfs.cli import admin_view as view
 from dfs.cli.errors import CliError, describe, report, run_cli
-from dfs.cli.options import master_option
+from dfs.cli.options import current_key, master_option
 from dfs.client.admin import AdminClient
 from dfs.errors import DfsError
 from dfs.protocol import MAX_GOAL
@@ -80,7 +80,7 @@ def _print_json(data: Any) -> None:
 
 def run_admin(master_url: str, body: Callable[[AdminClient], Awaitable[int | None]]) -> None:
     async def main() -> int | None:
-        async with AdminClient(master_url) as admin:
+        async with AdminClient(master_url, key=current_key()) as admin:
             return await body(admin)
 
     run_cli(lambda: asyncio.run(main()))

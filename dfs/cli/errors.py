@@ -11,7 +11,8 @@ from typing import NoReturn
 from dfs.errors import DfsError
 
 # errors whose server message says more than strerror (which chunk, which server)
-_DETAILED = {errno.EIO, errno.EBADMSG, errno.ENOSPC, errno.EINVAL, errno.ETIMEDOUT, errno.EAGAIN, errno.EFBIG}
+_DETAILED = {errno.EIO, errno.EBADMSG, errno.ENOSPC, errno.EINVAL, errno.ETIMEDOUT, errno.EAGAIN, errno.EFBIG,
+             errno.ENOKEY, errno.EKEYREJECTED, errno.EKEYEXPIRED, errno.EKEYREVOKED}
 
 
 class CliError(Exception):

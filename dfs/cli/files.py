@@ -25,7 +25,7 @@ from rich.progress import (
 )
 
 from dfs.cli.errors import CliError, describe, failure, report, run_cli
-from dfs.cli.options import master_option
+from dfs.cli.options import current_key, master_option
 from dfs.client import Client
 from dfs.errors import DfsError
 from dfs.protocol import MAX_GOAL, Attr
@@ -45,7 +45,7 @@ def with_client(master_url: str, body: Callable[[Client], Awaitable[int | None]]
     """Run `body` with a started client, turning every user error into one line and an exit code."""
 
     async def main() -> int | None:
-        async with Client(master_url, retry_for=10.0) as client:
+        async with Client(master_url, retry_for=10.0, key=current_key()) as client:
             return await body(client)
 
     run_cli(lambda: asyncio.run(main()))

@@ -8,6 +8,7 @@ from dfs import __version__
 from dfs.cli.admin import admin_group
 from dfs.cli.devcluster import dev_cluster_command
 from dfs.cli.files import FILE_COMMANDS
+from dfs.cli.keys import keys_group
 from dfs.cli.servers import chunkserver_command, gateway_command, master_command
 from fuse.mount import mount_command, umount_command
 
@@ -24,6 +25,7 @@ cli.add_command(gateway_command)
 cli.add_command(dev_cluster_command)
 cli.add_command(mount_command)
 cli.add_command(umount_command)
+admin_group.add_command(keys_group)  # dfs admin keys ...
 cli.add_command(admin_group)
 for command in FILE_COMMANDS:
     cli.add_command(command)

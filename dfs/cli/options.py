@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import click
 
 from dfs import tls
+from dfs.auth import KEY_ENV, KEY_FILE_ENV, find_key
+from dfs.errors import DfsError
 from dfs.units import parse_listen, parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class SizeType(click.ParamType):
@@ -51,7 +55,7 @@ SIZE = SizeType()
 LISTEN = ListenType()
 HTTP_URL = HttpUrlType()
 
-_master_url_option = click.option(
+master_url_option = click.option(
     "--master", "master_url", envvar="DFS_MASTER", default="http://127.0.0.1:9400", show_default=True,
     show_envvar=True, help="URL of the master (https:// when the cluster runs TLS).",
 )
@@ -70,11 +74,6 @@ tls_ca_option = click.option(
 )
 
 
-def master_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--master URL, and --tls-ca to verify it (and every other server of the cluster) with."""
-    return _master_url_option(tls_ca_option(f))
-
-
 def tls_server_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--tls-cert and --tls-key: serve HTTPS."""
     f = click.option("--tls-key", envvar="DFS_TLS_KEY", show_envvar=True, default=None,
@@ -88,3 +87,33 @@ def tls_server_options(f: Callable[..., Any]) -> Callable[..., Any]:
 def check_tls_pair(cert: Path | None, key: Path | None) -> None:
     if (cert is None) != (key is None):
         raise click.UsageError("--tls-cert and --tls-key go together")
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value:
+        ctx.meta[f"dfs.{param.name}"] = value
+    return value
+
+
+# No click envvar: dfs.auth.find_key reads them after the flags, so --key-file beats $DFS_KEY.
+_key_option = click.option("--key", expose_value=False, callback=_remember,
+                           help=f"Access key (dfs_...) to send to the master  [env var: {KEY_ENV}]")
+_key_file_option = click.option("--key-file", expose_value=False, callback=_remember, type=click.Path(dir_okay=False),
+                                help="File holding the access key, e.g. DATA/admin.key on the master's host  "
+                                     f"[env var: {KEY_FILE_ENV}]")
+
+
+def master_option(command: F) -> F:
+    """--master, --tls-ca to verify it (and every other server of the cluster) with, and the access key to
+    call it with (--key, --key-file): read with `current_key()`."""
+    return master_url_option(tls_ca_option(_key_option(_key_file_option(command))))
+
+
+def current_key() -> str:
+    """The access key the running command was given ("" for none)."""
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    try:
+        return find_key(meta.get("dfs.key"), meta.get("dfs.key_file")) or ""
+    except DfsError as err:
+        raise click.UsageError(err.message) from None

@@ -7,7 +7,17 @@ from pathlib import Path
 
 import click
 
-from dfs.cli.options import HTTP_URL, LISTEN, SIZE, check_tls_pair, master_option, tls_ca_option, tls_server_options
+from dfs.cli.options import (
+    HTTP_URL,
+    LISTEN,
+    SIZE,
+    check_tls_pair,
+    current_key,
+    master_option,
+    master_url_option,
+    tls_ca_option,
+    tls_server_options,
+)
 from dfs.protocol import CHUNKSERVER_PORT, DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, GATEWAY_PORT, MASTER_PORT, MAX_GOAL
 from dfs.web import setup_logging
 
@@ -51,14 +61,16 @@ log_level_option = click.option(
               type=click.FloatRange(5, 86400), help="Seconds a chunk read token stays valid (writes: the lease's).")
 @click.option("--gateway-url", envvar="DFS_GATEWAY_URL", default=None, show_envvar=True, type=HTTP_URL,
               help="Public URL of the HTTP gateway: the dashboard's download links point there.")
+@click.option("--insecure", envvar="DFS_INSECURE", is_flag=True, show_envvar=True,
+              help="Require no access keys: every caller acts as root. Local experiments only.")
 @tls_server_options
 @tls_ca_option
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
                    dead_timeout: float, gc_grace: float, heartbeat_interval: float, maintenance_timeout: float,
                    lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, secret_file: Path | None,
-                   token_lifetime: float, tls_cert: Path | None, tls_key: Path | None, gateway_url: str | None,
-                   log_level: str) -> None:
+                   token_lifetime: float, gateway_url: str | None, insecure: bool, tls_cert: Path | None,
+                   tls_key: Path | None, log_level: str) -> None:
     """Run the metadata master."""
     from master.config import MasterConfig
     from master.service import run_master
@@ -73,12 +85,13 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
                           lease_seconds=lease_seconds, repair_bandwidth=repair_bandwidth,
                           repair_concurrency=repair_concurrency, secret_file=secret_file,
                           token_lifetime=token_lifetime, tls_cert=tls_cert, tls_key=tls_key,
-                          gateway_url=gateway_url)
+                          gateway_url=gateway_url, insecure=insecure)
     asyncio.run(run_master(config))
 
 
 @click.command("chunkserver")
-@master_option
+@master_url_option
+@tls_ca_option
 @click.option("--data", "data_dirs", envvar="DFS_DATA", required=True, multiple=True, show_envvar=True,
               type=click.Path(file_okay=False, path_type=Path), help="Folder for chunks; repeat for several disks.")
 @click.option("--listen", envvar="DFS_LISTEN", default=f"127.0.0.1:{CHUNKSERVER_PORT}", show_default=True,
@@ -128,11 +141,17 @@ def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tu
               show_envvar=True, type=LISTEN, help="Address to serve on.")
 @click.option("--max-upload", envvar="DFS_MAX_UPLOAD", default="1TiB", type=SIZE, show_envvar=True,
               help="Largest body accepted by PUT and POST  [default: 1TiB]")
+@click.option("--insecure", envvar="DFS_INSECURE", is_flag=True, show_envvar=True,
+              help="Serve callers without an access key (with this gateway's own --key, if any). Experiments only.")
 @tls_server_options
 @log_level_option
-def gateway_command(master_url: str, listen: tuple[str, int], max_upload: int, tls_cert: Path | None,
+def gateway_command(master_url: str, listen: tuple[str, int], max_upload: int, insecure: bool, tls_cert: Path | None,
                     tls_key: Path | None, log_level: str) -> None:
-    """Run the HTTP gateway: the file system over plain HTTP (curl is enough)."""
+    """Run the HTTP gateway: the file system over plain HTTP (curl is enough).
+
+    Callers send their access key (curl -H "Authorization: Bearer $DFS_KEY", or -u name:KEY); the
+    gateway passes it on to the master, which checks it and the permissions of its uid.
+    """
     from dfs import tls
     from dfs.gateway.service import run_gateway
 
@@ -143,4 +162,4 @@ def gateway_command(master_url: str, listen: tuple[str, int], max_upload: int, t
         raise click.UsageError(str(exc)) from None
     setup_logging("gateway", log_level)
     asyncio.run(run_gateway(master_url.rstrip("/"), listen[0], listen[1], max_upload=max_upload,
-                            ssl_context=context))
+                            insecure=insecure, key=current_key(), ssl_context=context))

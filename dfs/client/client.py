@@ -8,12 +8,15 @@ threads.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import copy
 import errno
 import os
 import secrets
 import stat
+import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -21,9 +24,10 @@ from typing import Any
 import aiohttp
 
 from dfs import tls
+from dfs.auth import auth_headers, find_key, identity_headers
 from dfs.client.chunkio import READ_TIMEOUT, ChunkIO
 from dfs.client.files import FileHandle
-from dfs.client.rpc import MasterClient
+from dfs.client.rpc import MasterClient, json_reply
 from dfs.errors import DfsError
 from dfs.names import parent_and_name, split_path
 from dfs.protocol import ROOT_INODE, Attr, ChunkLocation, Lease, Replica
@@ -38,9 +42,16 @@ def _umask() -> int:
 
 
 class Client:
+    """`key`: the access key sent to the master (default: `--key` sources of dfs.auth.find_key, i.e.
+    $DFS_KEY or $DFS_KEY_FILE; "" for none). `acting_for` and `with_key` give views of one client
+    that call as someone else over the same connections."""
+
     def __init__(self, master_url: str, *, retry_for: float = 30.0, uid: int | None = None,
-                 gid: int | None = None, read_timeout: float | None = READ_TIMEOUT) -> None:
+                 gid: int | None = None, read_timeout: float | None = READ_TIMEOUT, key: str | None = None) -> None:
         self.master_url = master_url.rstrip("/")
+        self.key = find_key() if key is None else key
+        self._headers = auth_headers(self.key)
+        self._owner = True  # False for views: they share the session and never close it
         self.retry_for = retry_for
         self.read_timeout = read_timeout  # seconds a replica may stall a read before the next is tried
         self.client_id = uuid.uuid4().hex
@@ -58,18 +69,64 @@ class Client:
                                              ssl=tls.client_context())
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
-            self.master = MasterClient(self._session, self.master_url, self.retry_for)
+            self.master = MasterClient(self._session, self.master_url, self.retry_for, self._headers)
             self.chunkio = ChunkIO(self._session, self._report_bad, self.read_timeout)
             try:
-                info = await self.master.call("statfs")
+                self.chunk_size = await self._chunk_size()
             except BaseException:
                 await self.close()
                 raise
-            self.chunk_size = int(info["chunk_size"])
         return self
 
+    async def _chunk_size(self) -> int:
+        """From the master's public /health, so that a client without a key of its own (the gateway
+        forwards its callers' keys) can start; retried like master calls while it is unreachable."""
+        async def health() -> dict[str, Any]:
+            assert self._session is not None
+            async with self._session.get(f"{self.master_url}/health") as resp:
+                return dict(await json_reply(resp))
+
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                info = await health()
+                if "chunk_size" in info:
+                    return int(info["chunk_size"])
+                return int((await self.master.call("statfs"))["chunk_size"])  # an older master
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise DfsError(errno.EIO, f"master at {self.master_url} unreachable: {exc}") from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _view(self, headers: dict[str, str], uid: int, gid: int) -> Client:
+        if self._session is None:
+            raise RuntimeError("start the client before making views of it")
+        view = copy.copy(self)
+        view._owner = False
+        view._headers = headers
+        view.uid, view.gid = uid, gid
+        view.master = MasterClient(self._session, self.master_url, self.retry_for, headers)
+        view.chunkio = ChunkIO(self._session, view._report_bad, self.read_timeout)
+        return view
+
+    def acting_for(self, uid: int, gid: int, groups: tuple[int, ...] = ()) -> Client:
+        """This client calling for end user uid/gid/groups (a mount: needs a proxy or admin key)."""
+        return self._view({**auth_headers(self.key), **identity_headers(uid, gid, groups)}, uid, gid)
+
+    def with_key(self, key: str) -> Client:
+        """This client calling with another access key (the gateway, for each of its callers)."""
+        view = self._view(auth_headers(key), self.uid, self.gid)
+        view.key = key
+        return view
+
+    async def whoami(self) -> dict[str, Any]:
+        """The key this client sends, its scope, and the identity it acts as."""
+        return await self.master.call("whoami")
+
     async def close(self) -> None:
-        if self._session is not None:
+        if self._session is not None and self._owner:
             await self._session.close()
             self._session = None
 
@@ -92,7 +149,10 @@ class Client:
     async def lookup(self, parent: int, name: str) -> Attr:
         return await self._attr("lookup", parent=parent, name=name)
 
-    async def getattr(self, inode: int) -> Attr:
+    async def getattr(self, inode: int, access: int = 0) -> Attr:
+        """With `access` (os.R_OK|W_OK|X_OK): EACCES unless this caller has that access."""
+        if access:
+            return await self._attr("getattr", inode=inode, access=access)
         return await self._attr("getattr", inode=inode)
 
     async def setattr(self, inode: int, **changes: Any) -> Attr:

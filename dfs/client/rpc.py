@@ -54,10 +54,12 @@ class MasterClient:
     after its restart).
     """
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, retry_for: float = 30.0) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: str, retry_for: float = 30.0,
+                 headers: dict[str, str] | None = None) -> None:
         self.session = session
         self.url = url.rstrip("/")
         self.retry_for = retry_for
+        self.headers = headers or {}  # the access key, and the end user a proxy acts for (dfs/auth.py)
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
         started = time.perf_counter()
@@ -74,7 +76,7 @@ class MasterClient:
         delay = 0.05
         while True:
             try:
-                async with self.session.post(f"{self.url}/api/{op}", json=fields) as resp:
+                async with self.session.post(f"{self.url}/api/{op}", json=fields, headers=self.headers) as resp:
                     if resp.status >= 400:
                         err = await error_from_response(resp)
                         if err.errno != errno.EAGAIN or time.monotonic() + delay > deadline:

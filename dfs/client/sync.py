@@ -100,6 +100,14 @@ class SyncClient(_SyncProxy):
             runner.stop()
             raise
 
+    def acting_for(self, uid: int, gid: int, groups: tuple[int, ...] = ()) -> _SyncProxy:
+        """Blocking view of `Client.acting_for` (same connections; not to be shut down)."""
+        return _SyncProxy(self._target.acting_for(uid, gid, groups), self._runner)
+
+    def with_key(self, key: str) -> _SyncProxy:
+        """Blocking view of `Client.with_key`."""
+        return _SyncProxy(self._target.with_key(key), self._runner)
+
     def shutdown(self) -> None:
         self._runner.run(self._target.close())
         self._runner.stop()

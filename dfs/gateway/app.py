@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from dfs.client import Client
+from dfs.gateway.auth import gateway_auth
 from dfs.gateway.files import add_routes
-from dfs.gateway.keys import CLIENT, MAX_UPLOAD
+from dfs.gateway.keys import CLIENT, INSECURE, MAX_UPLOAD
 from dfs.gateway.openapi import add_openapi
 from dfs.metrics import add_metrics, metrics_middleware
 from dfs.web import add_health, error_middleware
+
+log = logging.getLogger("dfs.gateway")
 
 #: Bodies are streamed, never read whole (request.read()/post() are not used), so aiohttp's own cap on
 #: buffered bodies stays small; --max-upload bounds what PUT and multipart POST stream through.
@@ -22,13 +26,19 @@ BUFFERED_BODY_MAX = 1024 * 1024
 READ_BUFSIZE = 1024 * 1024
 
 
-def create_app(master_url: str, max_upload: int) -> web.Application:
-    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=BUFFERED_BODY_MAX,
+def create_app(master_url: str, max_upload: int, *, insecure: bool = False, key: str = "") -> web.Application:
+    """`key`: the gateway's own access key, used only for callers without one under `insecure`."""
+    app = web.Application(middlewares=[metrics_middleware, error_middleware, gateway_auth],
+                          client_max_size=BUFFERED_BODY_MAX,
                           handler_args={"read_bufsize": READ_BUFSIZE})
     app[MAX_UPLOAD] = max_upload
+    app[INSECURE] = insecure
+    if insecure:
+        log.warning("INSECURE: --insecure is on: callers without an access key are served%s; never use it "
+                    "outside local experiments", " as this gateway's own key" if key else "")
 
     async def cluster_client(app: web.Application) -> AsyncIterator[None]:
-        client = Client(master_url)
+        client = Client(master_url, key=key)
         await client.start()
         app[CLIENT] = client
         try:

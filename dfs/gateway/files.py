@@ -27,6 +27,7 @@ from aiohttp import BodyPartReader, hdrs, web
 
 from dfs.client import Client, FileHandle
 from dfs.errors import DfsError
+from dfs.gateway.auth import client_of
 from dfs.gateway.bodies import BODY_ERRORS, Budget, body_stream, expect_handler, part_stream, read_ahead
 from dfs.gateway.conditional import (
     RangeNotSatisfiable,
@@ -36,7 +37,7 @@ from dfs.gateway.conditional import (
     not_modified,
     range_applies,
 )
-from dfs.gateway.keys import CLIENT, MAX_UPLOAD
+from dfs.gateway.keys import MAX_UPLOAD
 from dfs.gateway.metrics import DOWNLOADED_BYTES
 from dfs.gateway.paths import PREFIX, fs_path, other_path
 from dfs.metrics import name_operation, operation_of
@@ -93,7 +94,7 @@ async def _existing(client: Client, path: str) -> Attr | None:
 
 async def get(request: web.Request) -> web.StreamResponse:
     path = fs_path(request)
-    client = request.app[CLIENT]
+    client = client_of(request)
     attr = await client.stat(path)
     if attr.is_dir:
         return await _listing(request, path, attr)
@@ -108,7 +109,7 @@ async def _listing(request: web.Request, path: str, attr: Attr) -> web.Response:
     after = params.str("after", None, max_length=1024)
     if after is not None:
         validate_name(after)
-    reply = await request.app[CLIENT].master.call("readdir", inode=attr.inode, after=after, limit=limit)
+    reply = await client_of(request).master.call("readdir", inode=attr.inode, after=after, limit=limit)
     entries = [entry_json(e["name"], Attr.from_json(e["attr"])) for e in reply["entries"]]
     return web.json_response({"path": path, "entries": entries, "next": reply.get("next") or None})
 
@@ -185,7 +186,7 @@ async def put(request: web.Request) -> web.Response:
     goal = Params(request.query).int("goal", None, minimum=1, maximum=MAX_GOAL)
     budget = Budget(request.app[MAX_UPLOAD])
     budget.check_announced(request.content_length)
-    client = request.app[CLIENT]
+    client = client_of(request)
     before = await _existing(client, path)
     if before is not None and before.is_dir:
         raise DfsError(errno.EISDIR, f"is a directory: {path}")
@@ -216,7 +217,7 @@ async def post(request: web.Request) -> web.Response:
 
 async def _mkdir(request: web.Request, path: str) -> web.Response:
     parents = Params(request.query).bool("parents", False)
-    attr = await request.app[CLIENT].makedir(path, parents=parents)
+    attr = await client_of(request).makedir(path, parents=parents)
     return web.json_response(describe(path, attr), status=201)
 
 
@@ -224,7 +225,7 @@ async def _rename(request: web.Request, path: str) -> web.Response:
     params = Params(request.query)
     target = other_path(params.str("to"))
     noreplace = params.bool("noreplace", False)
-    client = request.app[CLIENT]
+    client = client_of(request)
     await client.rename(path, target, noreplace=noreplace)
     attr = await client.stat(target, follow=False)
     return web.json_response({"from": path, **describe(target, attr)})
@@ -237,7 +238,7 @@ async def _form_upload(request: web.Request, folder: str) -> web.Response:
     goal = Params(request.query).int("goal", None, minimum=1, maximum=MAX_GOAL)
     budget = Budget(request.app[MAX_UPLOAD])
     budget.check_announced(request.content_length)
-    client = request.app[CLIENT]
+    client = client_of(request)
     target = await client.stat(folder)
     if not target.is_dir:
         raise DfsError(errno.ENOTDIR, f"not a directory: {folder}")
@@ -267,7 +268,7 @@ async def _form_upload(request: web.Request, folder: str) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     path = fs_path(request)
     recursive = Params(request.query).bool("recursive", False)
-    await request.app[CLIENT].remove(path, recursive=recursive)
+    await client_of(request).remove(path, recursive=recursive)
     return web.json_response({"deleted": path})
 
 

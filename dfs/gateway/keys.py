@@ -11,3 +11,9 @@ CLIENT: web.AppKey[Client] = web.AppKey("client", Client)
 
 #: Largest request body accepted by PUT and by a multipart POST, in bytes (`--max-upload`).
 MAX_UPLOAD: web.AppKey[int] = web.AppKey("max_upload", int)
+
+#: `--insecure`: callers without an access key are served, as this gateway's own key (if any).
+INSECURE: web.AppKey[bool] = web.AppKey("insecure", bool)
+
+#: The request's view of CLIENT, calling the master with the caller's access key (dfs/gateway/auth.py).
+REQUEST_CLIENT = "dfs.client"

@@ -8,6 +8,7 @@ from dfs.gateway.app import create_app
 from dfs.web import serve
 
 
-async def run_gateway(master_url: str, host: str, port: int, *, max_upload: int,
-                      ssl_context: ssl.SSLContext | None = None) -> None:
-    await serve(create_app(master_url, max_upload), host, port, name="gateway", ssl_context=ssl_context)
+async def run_gateway(master_url: str, host: str, port: int, *, max_upload: int, insecure: bool = False,
+                      key: str = "", ssl_context: ssl.SSLContext | None = None) -> None:
+    await serve(create_app(master_url, max_upload, insecure=insecure, key=key), host, port, name="gateway",
+                ssl_context=ssl_context)

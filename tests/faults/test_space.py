@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from dfs.auth import auth_headers
 from dfs.client.sync import SyncClient
 from dfs.errors import DfsError
 from tests.faults.helpers import (
@@ -27,14 +28,15 @@ from tests.faults.helpers import (
     upload,
     wait_until,
 )
-from tests.harness import Cluster
+from tests.harness import TEST_ADMIN_KEY, Cluster
 
 
 def _put(url: str, body: bytes) -> int:
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # it may answer before reading it all
-        conn.request("PUT", parts.path, body=body, headers={"Content-Type": "application/octet-stream"})
+        conn.request("PUT", parts.path, body=body, headers={"Content-Type": "application/octet-stream",
+                                                            **auth_headers(TEST_ADMIN_KEY)})
     try:
         return conn.getresponse().status
     finally:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from dfs.auth import auth_headers
 from dfs.launcher import Mount
-from tests.harness import Cluster
+from tests.harness import TEST_ADMIN_KEY, Cluster
 
 MiB = 1024 * 1024
 
@@ -60,10 +61,12 @@ def test_mount_and_gateway_agree(mnt: Path, mounted_cluster) -> None:
     relative = mnt.relative_to(mount.mountpoint)
     data = os.urandom(2 * MiB + 7)
     (mnt / "via-mount").write_bytes(data)
-    with urllib.request.urlopen(f"{cluster.gateway.url}/fs/{relative}/via-mount", timeout=30) as resp:
+    auth = auth_headers(TEST_ADMIN_KEY)
+    fetch = urllib.request.Request(f"{cluster.gateway.url}/fs/{relative}/via-mount", headers=auth)
+    with urllib.request.urlopen(fetch, timeout=30) as resp:
         assert resp.read() == data
     request = urllib.request.Request(f"{cluster.gateway.url}/fs/{relative}/via-http", data=b"over http",
-                                     method="PUT")
+                                     method="PUT", headers=auth)
     with urllib.request.urlopen(request, timeout=30):
         pass
     deadline = time.monotonic() + 3  # a new name may take the entry timeout (1 s) to show

@@ -1,0 +1,46 @@
+"""The gateway's callers and their access keys.
+
+Every request but /health, /metrics and /openapi.json must carry a key (`Authorization: Bearer KEY`,
+or basic auth with the key as the password: `curl -u name:KEY`). The gateway does not judge it: it
+calls the master with the caller's own key (`Client.with_key`, the same connections), and the master
+checks the key (401), its scope (403) and the POSIX permissions of its uid on every step, as for any
+other client. So the gateway holds no key that could act for others, and a revoked key stops working
+at once. Identity headers (X-DFS-Uid...) sent by callers are never passed on.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from aiohttp import web
+
+from dfs.auth import key_from_headers
+from dfs.client import Client
+from dfs.errors import DfsError
+from dfs.gateway.keys import CLIENT, INSECURE, REQUEST_CLIENT
+from dfs.web import Handler, json_error
+
+PUBLIC_PATHS = {"/health", "/metrics", "/openapi.json"}
+
+
+def client_of(request: web.Request) -> Client:
+    """The cluster client to serve `request` with: the caller's key, over the gateway's connections."""
+    return request.get(REQUEST_CLIENT) or request.app[CLIENT]
+
+
+@web.middleware
+async def gateway_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS:
+        return await handler(request)
+    try:
+        key = key_from_headers(request.headers)
+        if key is None and not request.app[INSECURE]:
+            raise DfsError(errno.ENOKEY, "an access key is required: send 'Authorization: Bearer <key>' "
+                                         "(or curl -u name:KEY)")
+    except DfsError as err:
+        response = json_error(err)
+        response.headers["WWW-Authenticate"] = 'Bearer realm="dfs", Basic realm="dfs"'
+        return response
+    if key is not None:
+        request[REQUEST_CLIENT] = request.app[CLIENT].with_key(key)
+    return await handler(request)

@@ -1,0 +1,154 @@
+"""Who is calling the master: the access-key middleware, `/api/whoami` and `/api/admin/keys/...`.
+
+Every request but the public ones (PUBLIC_PATHS: health, metrics, the dashboard's page, and the
+chunkserver calls, which the cluster secret guards) must carry a key in force of a scope high enough
+for its path (`required_scope`); the request then acts as the key's uid/gid/groups, or, for a key
+of scope proxy or admin, as the end user named in X-DFS-Uid/-Gid/-Groups. The resulting `Caller`
+is left on the request for the handlers (`caller_of`). With `--insecure` a request without a key
+acts as root, or as the identity it claims.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from dfs.auth import identity_from_headers, key_from_headers
+from dfs.errors import DfsError
+from dfs.web import Handler, Params, json_error, read_json
+from master.keys import RANK, SCOPES, KeyRecord, KeyStore
+from master.permissions import ROOT, Caller
+
+log = logging.getLogger("master.auth")
+
+#: Answered without a key. The chunkserver calls are authenticated by the cluster secret.
+PUBLIC_PATHS = {"/", "/health", "/metrics", "/openapi.json", "/api/cs/register", "/api/cs/heartbeat",
+                "/api/cs/goodbye", "/dashboard"}
+#: The dashboard's static files (master/dashboard): the page signs in with a key for its JSON calls.
+PUBLIC_PREFIX = "/dashboard/"
+#: Namespace and placement calls that change nothing: a read-only (ro) key may make them.
+READ_OPS = {"resolve", "lookup", "getattr", "readdir", "readlink", "statfs", "getxattr", "listxattr", "chunks",
+            "report", "status", "whoami"}
+INSECURE_WARNING = ("INSECURE: --insecure is on: requests need no access key and act as root (or as whoever "
+                    "they claim to be); never use it outside local experiments")
+
+KEYS = web.AppKey("keys", KeyStore)
+INSECURE = web.AppKey("insecure", bool)
+CALLER = "dfs.caller"
+RECORD = "dfs.key"
+
+
+def required_scope(path: str) -> str:
+    if path.startswith("/api/admin/"):
+        return "admin"
+    if path.startswith("/api/") and path[len("/api/"):] not in READ_OPS:
+        return "rw"
+    return "ro"
+
+
+def caller_of(request: web.Request) -> Caller:
+    """The identity a request acts as (root for the public, cluster-internal calls)."""
+    return request.get(CALLER, ROOT)
+
+
+def _authenticate(request: web.Request) -> tuple[KeyRecord | None, Caller]:
+    key = key_from_headers(request.headers)
+    claimed = identity_from_headers(request.headers)
+    record: KeyRecord | None = None
+    if key is not None:
+        if KEYS not in request.app:
+            raise DfsError(errno.EAGAIN, "the master is starting")
+        record = request.app[KEYS].verify(key)
+    elif not request.app[INSECURE]:
+        raise DfsError(errno.ENOKEY, "an access key is required: send 'Authorization: Bearer <key>' "
+                                     "(dfs admin keys create)")
+    scope = record.scope if record else "admin"
+    need = required_scope(request.path)
+    if RANK[scope] < RANK[need]:
+        raise DfsError(errno.EACCES, f"access key {record.name if record else ''!r} has scope {scope}; "
+                                     f"{request.path} needs {need}")
+    if claimed is None:
+        return record, record.caller if record else ROOT
+    if RANK[scope] < RANK["proxy"]:
+        raise DfsError(errno.EACCES, f"access key {record.name if record else ''!r} (scope {scope}) may not act "
+                                     "for other users: only proxy and admin keys send X-DFS-Uid")
+    uid, gid, groups = claimed
+    return record, Caller(uid, gid, frozenset(groups))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIX):
+        return await handler(request)
+    try:
+        request[RECORD], request[CALLER] = _authenticate(request)
+    except DfsError as err:
+        response = json_error(err)
+        if err.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="dfs"'
+        return response
+    return await handler(request)
+
+
+# -- routes -------------------------------------------------------------------------------------------
+
+async def whoami(request: web.Request) -> web.Response:
+    """The key a request carries and the identity it acts as (mounts ask whether they may act for others)."""
+    record: KeyRecord | None = request.get(RECORD)
+    scope = record.scope if record else "admin"
+    return web.json_response({
+        "key": record.to_json() if record else None, "scope": scope, **caller_of(request).to_json(),
+        "may_act_for_others": RANK[scope] >= RANK["proxy"], "insecure": request.app[INSECURE],
+    })
+
+
+def _expires(p: Params) -> float | None:
+    value = p.data.get("expires")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise DfsError(errno.EINVAL, "'expires' must be a time in seconds since the epoch")
+    return float(value)
+
+
+async def keys_create(request: web.Request, p: Params) -> dict[str, Any]:
+    groups = p.int_list("groups", [], max_items=1000)
+    record, key = await request.app[KEYS].create(
+        str(p.str("name", max_length=64)), int(p.int("uid", minimum=0, maximum=2**32)),
+        int(p.int("gid", minimum=0, maximum=2**32)), groups, str(p.str("scope", "rw", max_length=16)), _expires(p))
+    return {**record.to_json(), "key": key}
+
+
+async def keys_list(request: web.Request, p: Params) -> dict[str, Any]:
+    now = time.time()
+    return {"keys": [record.to_json(now) for record in request.app[KEYS].list()], "scopes": list(SCOPES)}
+
+
+async def keys_revoke(request: web.Request, p: Params) -> dict[str, Any]:
+    return (await request.app[KEYS].revoke(str(p.str("name", max_length=64)))).to_json()
+
+
+def _json_route(route: Callable[[web.Request, Params], Awaitable[dict[str, Any]]]) -> Handler:
+    async def handle(request: web.Request) -> web.Response:
+        params = Params(request.query) if request.method == "GET" else await read_json(request)
+        if KEYS not in request.app:
+            raise DfsError(errno.EAGAIN, "the master is starting")
+        return web.json_response(await route(request, params))
+
+    return handle
+
+
+def add_auth(app: web.Application, insecure: bool) -> None:
+    """The middleware's settings and the key routes; master/app.py puts `auth_middleware` in its list."""
+    app[INSECURE] = insecure
+    app.router.add_get("/api/whoami", whoami)
+    app.router.add_post("/api/whoami", whoami)
+    app.router.add_post("/api/admin/keys/create", _json_route(keys_create))
+    app.router.add_get("/api/admin/keys", _json_route(keys_list))
+    app.router.add_post("/api/admin/keys", _json_route(keys_list))
+    app.router.add_post("/api/admin/keys/revoke", _json_route(keys_revoke))
