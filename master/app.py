@@ -43,7 +43,7 @@ from master.keys import KeyStore
 from master.leases import LeaseTable
 from master.metrics import add_master_metrics
 from master.namespace import Namespace, attr_json
-from master.permissions import Caller
+from master.permissions import ROOT, Caller
 from master.placement import Placement
 from master.recovery import LeaseRecovery
 from master.repair import Repair
@@ -326,7 +326,7 @@ def _chunkserver_handler(op: Op, large: bool = False) -> Callable[[web.Request],
             response = json_error(err)
             response.headers["WWW-Authenticate"] = AUTH_SCHEME
             return response
-        return web.json_response(await op(request.app[MASTER_KEY], parse_json(raw)))
+        return web.json_response(await op(request.app[MASTER_KEY], parse_json(raw), ROOT))
 
     return handle
 

@@ -11,7 +11,8 @@ from typing import TypeVar
 
 import pytest
 
-from tests.harness import Cluster, http_json
+from dfs.auth import auth_headers
+from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
 from tests.scrape import Samples, label_values, scrape, value
 
 MiB = 1024 * 1024
@@ -46,7 +47,8 @@ def wait_for(what: str, probe: Callable[[], T], timeout: float = 30.0) -> T:
 
 def request(method: str, url: str, data: bytes | None = None,
             headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={**auth_headers(TEST_ADMIN_KEY), **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.read()

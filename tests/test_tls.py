@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from dfs import tls
+from dfs.auth import auth_headers
 from dfs.client.sync import SyncClient
 from dfs.launcher import TlsFiles
 from tests.harness import Cluster, http_json
@@ -108,12 +109,16 @@ def test_put_get_through_client_and_gateway(secure: Cluster) -> None:
             time.sleep(0.1)
     assert secure.gateway is not None
     context = ssl.create_default_context(cafile=str(secure.tls.ca))  # type: ignore[union-attr]
-    put = urllib.request.Request(secure.gateway.url + "/fs/via-gateway", data=data[:100_000], method="PUT")
+    auth = auth_headers(secure.admin_key)
+    put = urllib.request.Request(secure.gateway.url + "/fs/via-gateway", data=data[:100_000], method="PUT",
+                                 headers=auth)
     with urllib.request.urlopen(put, timeout=30, context=context) as resp:
         assert resp.status in (200, 201)
-    with urllib.request.urlopen(secure.gateway.url + "/fs/via-gateway", timeout=30, context=context) as resp:
+    get = urllib.request.Request(secure.gateway.url + "/fs/via-gateway", headers=auth)
+    with urllib.request.urlopen(get, timeout=30, context=context) as resp:
         assert resp.read() == data[:100_000]
-    with urllib.request.urlopen(secure.gateway.url + "/fs/secret.bin", timeout=30, context=context) as resp:
+    get = urllib.request.Request(secure.gateway.url + "/fs/secret.bin", headers=auth)
+    with urllib.request.urlopen(get, timeout=30, context=context) as resp:
         assert hashlib.sha256(resp.read()).digest() == hashlib.sha256(data).digest()
 
 

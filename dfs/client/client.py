@@ -8,7 +8,6 @@ threads.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import copy
@@ -16,7 +15,6 @@ import errno
 import os
 import secrets
 import stat
-import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
@@ -27,7 +25,7 @@ from dfs import tls
 from dfs.auth import auth_headers, find_key, identity_headers
 from dfs.client.chunkio import READ_TIMEOUT, ChunkIO
 from dfs.client.files import FileHandle
-from dfs.client.rpc import MasterClient, json_reply
+from dfs.client.rpc import MasterClient
 from dfs.errors import DfsError
 from dfs.names import parent_and_name, split_path
 from dfs.protocol import ROOT_INODE, Attr, ChunkLocation, Lease, Replica
@@ -80,25 +78,11 @@ class Client:
 
     async def _chunk_size(self) -> int:
         """From the master's public /health, so that a client without a key of its own (the gateway
-        forwards its callers' keys) can start; retried like master calls while it is unreachable."""
-        async def health() -> dict[str, Any]:
-            assert self._session is not None
-            async with self._session.get(f"{self.master_url}/health") as resp:
-                return dict(await json_reply(resp))
-
-        deadline = time.monotonic() + self.retry_for
-        delay = 0.05
-        while True:
-            try:
-                info = await health()
-                if "chunk_size" in info:
-                    return int(info["chunk_size"])
-                return int((await self.master.call("statfs"))["chunk_size"])  # an older master
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise DfsError(errno.EIO, f"master at {self.master_url} unreachable: {exc}") from None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        forwards its callers' keys) can start."""
+        info = await self.master.health()
+        if "chunk_size" in info:
+            return int(info["chunk_size"])
+        return int((await self.master.call("statfs"))["chunk_size"])  # an older master
 
     def _view(self, headers: dict[str, str], uid: int, gid: int) -> Client:
         if self._session is None:

@@ -65,18 +65,23 @@ class MasterClient:
         started = time.perf_counter()
         ok = False
         try:
-            reply = await self._call(op, fields)
+            reply = await self._request("POST", f"/api/{op}", fields, op)
             ok = True
             return reply
         finally:
             observe_call(op, ok, time.perf_counter() - started)
 
-    async def _call(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
+        """The master's public /health (needs no key: it names the chunk size), retried like calls."""
+        return await self._request("GET", "/health", None, "health")
+
+    async def _request(self, method: str, path: str, fields: dict[str, Any] | None, op: str) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
             try:
-                async with self.session.post(f"{self.url}/api/{op}", json=fields, headers=self.headers) as resp:
+                async with self.session.request(method, f"{self.url}{path}", json=fields,
+                                                headers=self.headers) as resp:
                     if resp.status >= 400:
                         err = await error_from_response(resp)
                         if err.errno != errno.EAGAIN or time.monotonic() + delay > deadline:
