@@ -17,11 +17,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from dfs.apispec import checked
 from dfs.errors import DfsError
+from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, UID_MAX
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
 from dfs.web import MAX_JSON_BODY, Params, add_health, background, error_middleware, read_json
-from master.admin_api import add_admin_routes
+from master import api_schema
+from master.admin_api import add_admin_routes, add_openapi
+from master.api_schema import MAX_REPORTED_CHUNKS
 from master.config import MasterConfig
 from master.db import Database
 from master.leases import LeaseTable
@@ -35,11 +39,8 @@ from master.xattrs import XATTR_SIZE_MAX, Xattrs
 
 log = logging.getLogger("master.app")
 
-INT64_MAX = 2**63 - 1
-UID_MAX = 2**32 - 1
 #: A chunk report lists every chunk of a server: allow far more than an ordinary JSON body.
 MAX_REGISTER_BODY = 256 * 1024 * 1024
-MAX_REPORTED_CHUNKS = 10_000_000
 #: Chunkserver calls made by the master (truncates) give up after this long.
 CHUNKSERVER_TIMEOUT = 5.0
 HOUSEKEEPING_INTERVAL = 1.0
@@ -102,7 +103,7 @@ def _items(p: Params, key: str, max_items: int, default: Any = None) -> list[Par
     items = p.list(key, [] if default is None else default, max_items=max_items)
     if any(not isinstance(item, dict) for item in items):
         raise DfsError(errno.EINVAL, f"'{key}' must be a list of objects")
-    return [Params(item) for item in items]
+    return [Params(item, typed=True) for item in items]
 
 
 # -- namespace ------------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ async def op_create(m: Master, p: Params) -> dict[str, Any]:
 
 async def op_readdir(m: Master, p: Params) -> dict[str, Any]:
     entries, after = await m.namespace.readdir(_inode(p), p.str("after", None, max_length=1024),
-                                               p.int("limit", 1000, minimum=1, maximum=10_000))
+                                               p.int("limit", LIST_DEFAULT, minimum=1, maximum=LIST_MAX))
     return {"entries": [{"name": name, "attr": attr_json(attr)} for name, attr in entries], "next": after}
 
 
@@ -284,9 +285,12 @@ OPS: dict[str, Op] = {
 }
 
 
-def _handler(op: Op, large: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _handler(op: Op, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    fields = api_schema.OPS[name][1]  # the request table: checked here, published in /openapi.json
+    limit = MAX_REGISTER_BODY if name == "cs/register" else MAX_JSON_BODY
+
     async def handle(request: web.Request) -> web.Response:
-        params = await read_json(request, MAX_REGISTER_BODY if large else MAX_JSON_BODY)
+        params = checked(await read_json(request, limit), fields)
         return web.json_response(await op(request.app[MASTER_KEY], params))
 
     return handle
@@ -347,9 +351,12 @@ def create_app(config: MasterConfig) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[CONFIG_KEY] = config
     app.cleanup_ctx.append(_resources)
+    if OPS.keys() != api_schema.OPS.keys():
+        raise RuntimeError(f"master/api_schema.py OPS differ from the handlers: {OPS.keys() ^ api_schema.OPS.keys()}")
     for name, op in OPS.items():
-        app.router.add_post(f"/api/{name}", _handler(op, large=name == "cs/register"))
+        app.router.add_post(f"/api/{name}", _handler(op, name))
     app.router.add_get("/api/status", status)
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     add_health(app, "master")
+    add_openapi(app)  # GET /openapi.json, from master/api_schema.py
     return app

@@ -38,14 +38,13 @@ from dfs.gateway.conditional import (
 )
 from dfs.gateway.keys import CLIENT, MAX_UPLOAD
 from dfs.gateway.paths import PREFIX, fs_path, other_path
+from dfs.limits import LIST_DEFAULT, LIST_MAX
 from dfs.names import validate_name
 from dfs.protocol import MAX_GOAL, STREAM_SLICE, Attr
 from dfs.web import Params
 
 log = logging.getLogger("dfs.gateway")
 
-LIST_DEFAULT = 1000
-LIST_MAX = 10000
 
 
 # ---- JSON shapes ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dfs.limits import LIST_DEFAULT, LIST_MAX
 from dfs.protocol import MAX_GOAL
 
 
@@ -75,7 +76,7 @@ FS_OPERATIONS: dict[str, Any] = {
             _header("If-Modified-Since", "HTTP date; a file not modified since answers 304."),
             _header("If-Range", "ETag or date; the Range applies only while it still matches."),
             _query("limit", "Folder listing: entries per page.",
-                   {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}),
+                   {"type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT}),
             _query("after", "Folder listing: start after this name (the previous page's `next`).",
                    {"type": "string"}),
         ],

@@ -1,0 +1,205 @@
+"""The master's request table: the fields of every `/api/<op>` and `/api/admin/<op>` body, declared once.
+
+master/app.py and master/admin_api.py check each body against its entry before the handler runs
+(dfs/apispec.py), and `GET /openapi.json` is generated from the same entries, so the document says
+exactly what the handlers accept. Handlers may read only the fields declared here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dfs.apispec import Field, Fields, array, boolean, integer, number, obj, request_body, string
+from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, MAX_LIST_ITEMS, UID_MAX
+from dfs.names import CLUSTER_PATH_MAX, NAME_MAX, PATH_MAX
+from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
+from master.servers import BAD_PROBLEMS
+from master.xattrs import XATTR_SIZE_MAX
+
+#: Chunks in one registration report (its body may be up to master/app.py MAX_REGISTER_BODY).
+MAX_REPORTED_CHUNKS = 10_000_000
+#: Moves in one balancing plan.
+MAX_MOVES = 10_000_000
+
+# -- field kinds ---------------------------------------------------------------------------------------------------
+
+
+def inode(description: str = "Inode number.") -> Field:
+    return integer(1, INT64_MAX, required=True, description=description)
+
+
+def name(description: str = "") -> Field:
+    return string(1024, required=True, plain=False, description=description or
+                  f"A directory entry name: 1..{NAME_MAX} bytes of UTF-8, no '/' or NUL, not '.' or '..'.")
+
+
+ID = integer(0, UID_MAX, default=0, description="User or group id.")
+TIME = integer(description="Nanoseconds since the epoch (int64).")
+HELD = array(integer(1, INT64_MAX), MAX_LIST_ITEMS, "Inodes the caller has open (kept alive at nlink 0).")
+CLIENT = string(256, required=True, min_length=1, description="The writing client's id.")
+SPACE: Fields = {key: integer(0, INT64_MAX, required=True, description=f"Bytes ({key}).")
+                 for key in ("capacity", "used", "free")}
+ADMIN_PATH = string(PATH_MAX * 4, default="/", plain=False, description="Absolute path in the cluster.")
+NODE = string(2048, required=True, description="A chunkserver: its id, URL or host:port.")
+THRESHOLD = number(0, 100, exclusive_minimum=True, default=10,
+                   description="Percentage points of utilisation a server may differ from the mean.")
+MAX_MOVES_FIELD = integer(1, MAX_MOVES, default=MAX_MOVES, description="Moves at most.")
+B64_MAX = (XATTR_SIZE_MAX + 3) * 4 // 3 + 8
+
+# -- /api/<op> ---------------------------------------------------------------------------------------------------
+
+OPS: dict[str, tuple[str, Fields]] = {
+    "resolve": ("Walk a path to its attributes", {
+        "path": string(CLUSTER_PATH_MAX, required=True, plain=False, description="Absolute path."),
+        "follow": boolean(False, "Follow a symlink in the last component.")}),
+    "lookup": ("An entry of a folder", {"parent": inode(), "name": name()}),
+    "getattr": ("Attributes of an inode", {"inode": inode()}),
+    "setattr": ("Change mode, owner, size or times", {
+        "inode": inode(), "mode": integer(0, 0o7777, description="Permission bits."),
+        "uid": integer(0, UID_MAX), "gid": integer(0, UID_MAX),
+        "size": integer(0, INT64_MAX, description="Truncate or extend to this size."),
+        "atime_ns": TIME, "mtime_ns": TIME}),
+    "mkdir": ("Make a folder", {"parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o755),
+                                "uid": ID, "gid": ID}),
+    "create": ("Create a file (or a special file with S_IF* bits in mode)", {
+        "parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o644), "uid": ID, "gid": ID,
+        "exclusive": boolean(False), "goal": integer(1, MAX_GOAL, description="Replication goal."),
+        "rdev": integer(0, INT64_MAX, default=0)}),
+    "readdir": ("A page of a folder's entries, sorted by name", {
+        "inode": inode(), "after": string(1024, plain=False, description="Start after this name."),
+        "limit": integer(1, LIST_MAX, default=LIST_DEFAULT)}),
+    "unlink": ("Remove a name", {"parent": inode(), "name": name(), "held": HELD}),
+    "forget": ("The caller closed an inode for the last time", {"inode": inode()}),
+    "rmdir": ("Remove an empty folder", {"parent": inode(), "name": name()}),
+    "rename": ("Rename or exchange entries", {
+        "parent": inode(), "name": name(), "new_parent": inode(), "new_name": name(),
+        "noreplace": boolean(False), "exchange": boolean(False), "held": HELD}),
+    "link": ("Add a hard link", {"inode": inode(), "new_parent": inode(), "new_name": name()}),
+    "symlink": ("Make a symbolic link", {
+        "parent": inode(), "name": name(),
+        "target": string(PATH_MAX * 4, required=True, plain=False, description=f"At most {PATH_MAX} bytes."),
+        "uid": ID, "gid": ID}),
+    "readlink": ("A symlink's target", {"inode": inode()}),
+    "statfs": ("Space and file counts", {}),
+    "getxattr": ("Read an extended attribute", {"inode": inode(), "name": name("Attribute name.")}),
+    "setxattr": ("Write an extended attribute", {
+        "inode": inode(), "name": name("Attribute name."),
+        "value_b64": string(B64_MAX, required=True, description=f"Base64 of at most {XATTR_SIZE_MAX} bytes."),
+        "flags": integer(0, 3, default=0, description="1 = create only, 2 = replace only.")}),
+    "listxattr": ("Names of an inode's extended attributes", {"inode": inode()}),
+    "removexattr": ("Remove an extended attribute", {"inode": inode(), "name": name("Attribute name.")}),
+    "chunks": ("Where a file's chunks are", {
+        "inode": inode(), "first": integer(0, MAX_FILE_SIZE, default=0, description="First chunk index."),
+        "count": integer(1, 100_000, default=1000)}),
+    "lease": ("A write lease on one chunk slot", {
+        "inode": inode(), "index": integer(0, MAX_FILE_SIZE, required=True), "client": CLIENT,
+        "exclude": array(integer(1, INT64_MAX), 1000, "Server ids that failed the last write.")}),
+    "commit": ("Publish a write: size, mtime, lease release", {
+        "inode": inode(), "client": CLIENT, "size": integer(0, INT64_MAX), "mtime_ns": TIME,
+        "release": boolean(True)}),
+    "report": ("A client found a bad replica", {
+        "chunk_id": inode("Chunk id."), "server_id": inode("Server id."),
+        "version": integer(0, INT64_MAX, required=True), "problem": string(32, required=True, enum=BAD_PROBLEMS)}),
+    "cs/register": ("A chunkserver joins with its full chunk report", {
+        "uuid": string(128, required=True, min_length=1), "url": string(2048, required=True, min_length=1),
+        **SPACE,
+        "chunks": array(obj({"chunk_id": inode("Chunk id."), "version": integer(0, INT64_MAX, required=True),
+                             "pending": boolean(False)}), MAX_REPORTED_CHUNKS)}),
+    "cs/heartbeat": ("A chunkserver's periodic report", {
+        "server_id": inode("Server id."), **SPACE, "load": integer(0, INT64_MAX, default=0),
+        "bad": array(obj({"chunk_id": inode("Chunk id."), "version": integer(0, INT64_MAX, required=True),
+                          "problem": string(32, default="corrupt")}), MAX_LIST_ITEMS)}),
+    "cs/goodbye": ("A chunkserver stops for a while", {"server_id": inode("Server id.")}),
+}
+
+# -- /api/admin/<op> ---------------------------------------------------------------------------------------------
+
+ADMIN: dict[str, tuple[str, Fields]] = {
+    "status": ("Cluster overview", {}),
+    "nodes": ("Every chunkserver", {}),
+    "df": ("Space per chunkserver", {}),
+    "info": ("Where a file's chunks are, with replica health", {"path": ADMIN_PATH}),
+    "fsck": ("Check (and repair) a tree", {"path": ADMIN_PATH, "repair": boolean(False), "verify": boolean(True)}),
+    "setrep": ("Set the replication goal of a file or tree", {
+        "path": ADMIN_PATH, "goal": integer(1, MAX_GOAL, required=True), "recursive": boolean(False)}),
+    "setrep/progress": ("How far a goal change got", {"path": ADMIN_PATH, "recursive": boolean(False)}),
+    "balance": ("Balancer status", {}),
+    "balance/plan": ("Moves that would balance the cluster", {"threshold": THRESHOLD, "max_moves": MAX_MOVES_FIELD}),
+    "balance/start": ("Start balancing", {
+        "threshold": THRESHOLD, "max_bandwidth": integer(1, 2**62, description="Bytes per second."),
+        "max_moves": MAX_MOVES_FIELD}),
+    "balance/stop": ("Stop balancing", {}),
+    "decommission": ("Drain a chunkserver", {"node": NODE, "force": boolean(False)}),
+    "decommission/status": ("Drains in progress", {}),
+    "decommission/cancel": ("Stop draining a chunkserver", {"node": NODE}),
+    "recommission": ("Put a drained chunkserver back in service", {"node": NODE}),
+}
+
+# -- the document -----------------------------------------------------------------------------------------------
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["error", "message"],
+    "properties": {"error": {"type": "string", "description": "errno name", "example": "ENOENT"},
+                   "message": {"type": "string"}},
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+ERRORS: dict[str, Any] = {
+    "400": _error("Bad request: malformed JSON, a wrong type, a value out of bounds (EINVAL, ENAMETOOLONG)."),
+    "403": _error("Not permitted (EPERM, EACCES)."),
+    "404": _error("No such entry (ENOENT, ENODATA)."),
+    "409": _error("Conflict (EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, EBUSY, ...)."),
+    "413": _error("Body too large (EFBIG) or value too large (E2BIG)."),
+    "416": _error("Out of range (ERANGE)."),
+    "502": _error("A chunkserver failed (EIO)."),
+    "503": _error("Not ready or overloaded (EAGAIN)."),
+    "507": _error("No space (ENOSPC)."),
+}
+
+
+def _json_ok(description: str) -> dict[str, Any]:
+    return {"200": {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}},
+            **ERRORS}
+
+
+def _operation(op_id: str, summary: str, fields: Fields, body: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": _json_ok("Done.")}
+    if body:
+        out["requestBody"] = request_body(fields)
+    return out
+
+
+def openapi_document(readable_admin: frozenset[str]) -> dict[str, Any]:
+    """The master's API as an OpenAPI 3.0 document; `readable_admin` admin routes also answer GET."""
+    paths: dict[str, Any] = {}
+    for op, (summary, fields) in OPS.items():
+        paths[f"/api/{op}"] = {"post": _operation(op.replace("/", "_"), summary, fields)}
+    for op, (summary, fields) in ADMIN.items():
+        op_id = "admin_" + op.replace("/", "_")
+        paths[f"/api/admin/{op}"] = {"post": _operation(op_id, summary, fields)}
+        if op in readable_admin:
+            paths[f"/api/admin/{op}"]["get"] = _operation(op_id + "_get", summary, fields, body=False)
+    paths["/api/status"] = {"get": _operation("status", "Servers, counts, repair and recovery", {}, body=False)}
+    paths["/health"] = {"get": {"operationId": "health", "summary": "Liveness", "responses": {"200": {
+        "description": "Up.", "content": {"application/json": {"schema": {
+            "type": "object", "required": ["status", "service"],
+            "properties": {"status": {"type": "string"}, "service": {"type": "string"},
+                           "uptime_s": {"type": "number"}}}}}}}}}
+    paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This document", "responses": {
+        "200": {"description": "OpenAPI 3.0 document.",
+                "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "dfs master", "version": "1.0",
+                 "description": "Metadata master of a dfs cluster (docs/PROTOCOL.md). Every operation takes a "
+                                "JSON object body; every error is JSON {\"error\": \"ENOENT\", \"message\": "
+                                "\"...\"} with the matching status. Unknown fields are ignored; null means "
+                                "absent."},
+        "paths": paths,
+        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+    }
