@@ -41,6 +41,7 @@ class Field:
     items: Field | None = None
     max_items: int | None = None
     properties: Mapping[str, Field] = field(default_factory=dict)
+    example: Any = None  # for the document (fuzzers start from it)
 
     def schema(self) -> dict[str, Any]:
         """This field as an OpenAPI 3.0 schema."""
@@ -50,7 +51,7 @@ class Field:
         for key, value in (("description", self.description), ("default", self.default),
                            ("minimum", self.minimum), ("maximum", self.maximum),
                            ("minLength", self.min_length), ("maxLength", self.max_length),
-                           ("maxItems", self.max_items)):
+                           ("maxItems", self.max_items), ("example", self.example)):
             if value is not None and value != "":
                 out[key] = value
         if self.exclusive_minimum:
@@ -70,8 +71,8 @@ Fields = Mapping[str, Field]
 
 
 def integer(minimum: int = INT64_MIN, maximum: int = INT64_MAX, *, required: bool = False, default: int | None = None,
-            description: str = "") -> Field:
-    return Field("integer", description, required, default, minimum, maximum)
+            description: str = "", example: int | None = None) -> Field:
+    return Field("integer", description, required, default, minimum, maximum, example=example)
 
 
 def number(minimum: float, maximum: float, *, exclusive_minimum: bool = False, default: float | None = None,
@@ -81,9 +82,9 @@ def number(minimum: float, maximum: float, *, exclusive_minimum: bool = False, d
 
 def string(max_length: int = MAX_STRING, *, required: bool = False, min_length: int | None = None,
            default: str | None = None, plain: bool = True, enum: tuple[str, ...] | None = None,
-           description: str = "") -> Field:
+           description: str = "", example: str | None = None) -> Field:
     return Field("string", description, required, default, min_length=min_length, max_length=max_length,
-                 plain=plain, enum=enum)
+                 plain=plain, enum=enum, example=example)
 
 
 def boolean(default: bool | None = None, description: str = "") -> Field:

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dfs.errors import DfsError
 from dfs.limits import MAX_HEADER_FIELD, MAX_HEADERS, MAX_JSON_BODY, MAX_JSON_DEPTH, MAX_REQUEST_LINE
@@ -194,6 +195,26 @@ def add_health(app: web.Application, service: str, extra: Callable[[], dict[str,
     app.router.add_get("/health", health)
 
 
+class ParserErrorFilter(logging.Filter):
+    """aiohttp logs a request its parser refused (a header too long, a bad character) as an ERROR with
+    a traceback and the offending bytes, which may be someone's key. That is the client's fault: one
+    WARNING line naming the kind of error, without the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "refused a malformed HTTP request (%s %s)", (exc.code, type(exc).__name__)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_parser_errors() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParserErrorFilter) for f in server.filters):
+        server.addFilter(ParserErrorFilter())
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
     """One line per event: time, service, level, message."""
     logging.basicConfig(
@@ -201,10 +222,12 @@ def setup_logging(service: str, level: str = "INFO") -> None:
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_parser_errors()
 
 
 async def serve(app: web.Application, host: str, port: int, *, name: str) -> None:
     """Run `app` until SIGINT/SIGTERM, then shut down cleanly (cleanup contexts run)."""
+    quiet_parser_errors()
     runner = web.AppRunner(app, handle_signals=False, access_log=None, **PARSER_LIMITS)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024)

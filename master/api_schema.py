@@ -24,12 +24,12 @@ MAX_MOVES = 10_000_000
 # -- field kinds ---------------------------------------------------------------------------------------------------
 
 
-def inode(description: str = "Inode number.") -> Field:
-    return integer(1, INT64_MAX, required=True, description=description)
+def inode(description: str = "Inode number (1 is the root folder).") -> Field:
+    return integer(1, INT64_MAX, required=True, description=description, example=1)
 
 
 def name(description: str = "") -> Field:
-    return string(1024, required=True, plain=False, description=description or
+    return string(1024, required=True, plain=False, example="example", description=description or
                   f"A directory entry name: 1..{NAME_MAX} bytes of UTF-8, no '/' or NUL, not '.' or '..'.")
 
 
@@ -50,7 +50,7 @@ B64_MAX = (XATTR_SIZE_MAX + 3) * 4 // 3 + 8
 
 OPS: dict[str, tuple[str, Fields]] = {
     "resolve": ("Walk a path to its attributes", {
-        "path": string(CLUSTER_PATH_MAX, required=True, plain=False, description="Absolute path."),
+        "path": string(CLUSTER_PATH_MAX, required=True, plain=False, description="Absolute path.", example="/"),
         "follow": boolean(False, "Follow a symlink in the last component.")}),
     "lookup": ("An entry of a folder", {"parent": inode(), "name": name()}),
     "getattr": ("Attributes of an inode", {"inode": inode()}),
