@@ -3,6 +3,7 @@ and the logs carry neither a traceback nor the refused bytes. Each case here was
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 import urllib.error
@@ -10,10 +11,13 @@ import urllib.request
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from dfs.apispec import checked
+from dfs.errors import DfsError, describe
 from dfs.limits import LIST_MAX, MAX_HEADER_FIELD, MAX_HEADERS, MAX_JSON_DEPTH, MAX_REQUEST_LINE
-from dfs.web import Params
+from dfs.web import Params, error_middleware
 from master import api_schema
 from tests.harness import Cluster, http_json
 
@@ -199,3 +203,36 @@ def test_a_handler_cannot_read_an_undeclared_field() -> None:
     assert params.int("inode") == 5
     with pytest.raises(LookupError):
         params.int("extra")
+
+
+# -- errors and logs ------------------------------------------------------------------------------------------------
+
+async def test_a_bug_is_a_bare_500_logged_by_route(caplog: pytest.LogCaptureFixture) -> None:
+    """The body says nothing of the bug; the log names the route (not the URL, whose query may hold a key)."""
+    async def boom(_: web.Request) -> web.Response:
+        raise RuntimeError("bug in a handler")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/boom/{name}", boom)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get(f"/boom/x?key={SECRET}")
+        assert response.status == 500
+        assert await response.json() == {"error": "EIO", "message": "internal server error"}
+    line = next(r for r in caplog.records if r.name == "dfs.web")
+    assert line.getMessage() == "internal error on GET /boom/{name}"
+    assert SECRET not in caplog.text and "bug in a handler" in caplog.text  # the traceback stays in the log
+
+
+def test_described_errors_lose_query_strings() -> None:
+    text = describe(ValueError(f"404, message='Not Found', url='http://127.0.0.1:1/chunks/1?version=2&token={SECRET}'"))
+    assert SECRET not in text and "http://127.0.0.1:1/chunks/1?..." in text
+    assert describe(DfsError(errno.EIO, "source http://h:1 failed")) == "EIO source http://h:1 failed"
+
+
+@pytest.mark.parametrize("target", ["/fs/a%2Fb", "/fs/a%2fb", "/fs/a//b", "/fs//a", "/fs/a/%2e%2e/b", "/fs/a%00"])
+def test_gateway_refuses_encoded_separators_and_empty_names(cluster: Cluster, target: str) -> None:
+    assert cluster.gateway is not None
+    for method in ("GET", "PUT", "DELETE"):
+        status, body = raw_http(cluster.gateway.url, f"{method} {target} HTTP/1.1\r\nHost: x\r\n"
+                                                     "Content-Length: 0\r\nConnection: close\r\n\r\n")
+        assert status == 400 and json.loads(body)["error"] == "EINVAL", (method, target, status, body)
