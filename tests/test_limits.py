@@ -8,6 +8,7 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,8 @@ from dfs.errors import DfsError, describe
 from dfs.limits import LIST_MAX, MAX_HEADER_FIELD, MAX_HEADERS, MAX_JSON_DEPTH, MAX_REQUEST_LINE
 from dfs.web import Params, error_middleware
 from master import api_schema
+from master.app import create_app
+from master.config import MasterConfig
 from tests.harness import Cluster, http_json
 
 
@@ -186,12 +189,16 @@ def test_chunkserver_bad_inputs_are_4xx(cluster: Cluster, method: str, target: s
 
 # -- the request table and the document -------------------------------------------------------------------------------
 
-def test_the_document_describes_every_route(cluster: Cluster) -> None:
+def test_the_document_describes_every_route(cluster: Cluster, tmp_path: Path) -> None:
     status, doc = http_json("GET", cluster.master_url + "/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
     paths = doc["paths"]
     assert {f"/api/{op}" for op in api_schema.OPS} | {f"/api/admin/{op}" for op in api_schema.ADMIN} \
         | {"/api/status", "/health", "/openapi.json"} == set(paths)
+    routes = {(r.method.lower(), r.resource.canonical) for r in create_app(MasterConfig(tmp_path)).router.routes()
+              if r.resource is not None and r.resource.canonical.startswith(("/api/", "/health", "/openapi"))}
+    documented = {(method, path) for path, item in paths.items() for method in item}
+    assert routes - {("head", path) for _, path in routes} == documented
     mkdir = paths["/api/mkdir"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert mkdir["required"] == ["parent", "name"]
     assert mkdir["properties"]["parent"]["minimum"] == 1 and mkdir["properties"]["mode"]["maximum"] == 0o177777
@@ -236,3 +243,9 @@ def test_gateway_refuses_encoded_separators_and_empty_names(cluster: Cluster, ta
         status, body = raw_http(cluster.gateway.url, f"{method} {target} HTTP/1.1\r\nHost: x\r\n"
                                                      "Content-Length: 0\r\nConnection: close\r\n\r\n")
         assert status == 400 and json.loads(body)["error"] == "EINVAL", (method, target, status, body)
+
+
+def test_an_empty_after_lists_from_the_start(cluster: Cluster) -> None:
+    assert cluster.gateway is not None
+    status, body = http_json("GET", f"{cluster.gateway.url}/fs?after=&limit=5")
+    assert status == 200 and body["path"] == "/", body

@@ -102,7 +102,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 async def _listing(request: web.Request, path: str, attr: Attr) -> web.Response:
     params = Params(request.query)
     limit = params.int("limit", LIST_DEFAULT, minimum=1, maximum=LIST_MAX)
-    after = params.str("after", None, max_length=1024)
+    after = params.str("after", None, max_length=1024) or None  # "?after=" starts at the beginning
     if after is not None:
         validate_name(after)
     reply = await request.app[CLIENT].master.call("readdir", inode=attr.inode, after=after, limit=limit)

@@ -78,8 +78,8 @@ FS_OPERATIONS: dict[str, Any] = {
             _header("If-Range", "ETag or date; the Range applies only while it still matches."),
             _query("limit", "Folder listing: entries per page.",
                    {"type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT}),
-            _query("after", "Folder listing: start after this name (the previous page's `next`).",
-                   {"type": "string"}),
+            _query("after", "Folder listing: start after this name (the previous page's `next`); "
+                            "empty: from the start.", {"type": "string", "maxLength": 1024}),
         ],
         "responses": {
             "200": {
