@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import errno
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dfs.errors import DfsError
@@ -42,6 +43,9 @@ class Field:
     max_items: int | None = None
     properties: Mapping[str, Field] = field(default_factory=dict)
     example: Any = None  # for the document (fuzzers start from it)
+    pattern: str | None = None  # a regular expression the string must contain a match of
+    #: errno for a value above `maximum` or longer than `max_length`: ENAMETOOLONG for names, EFBIG for sizes.
+    too_large: int = errno.EINVAL
 
     def schema(self) -> dict[str, Any]:
         """This field as an OpenAPI 3.0 schema."""
@@ -51,7 +55,7 @@ class Field:
         for key, value in (("description", self.description), ("default", self.default),
                            ("minimum", self.minimum), ("maximum", self.maximum),
                            ("minLength", self.min_length), ("maxLength", self.max_length),
-                           ("maxItems", self.max_items), ("example", self.example)):
+                           ("maxItems", self.max_items), ("example", self.example), ("pattern", self.pattern)):
             if value is not None and value != "":
                 out[key] = value
         if self.exclusive_minimum:
@@ -71,8 +75,8 @@ Fields = Mapping[str, Field]
 
 
 def integer(minimum: int = INT64_MIN, maximum: int = INT64_MAX, *, required: bool = False, default: int | None = None,
-            description: str = "", example: int | None = None) -> Field:
-    return Field("integer", description, required, default, minimum, maximum, example=example)
+            description: str = "", example: int | None = None, too_large: int = errno.EINVAL) -> Field:
+    return Field("integer", description, required, default, minimum, maximum, example=example, too_large=too_large)
 
 
 def number(minimum: float, maximum: float, *, exclusive_minimum: bool = False, default: float | None = None,
@@ -82,9 +86,10 @@ def number(minimum: float, maximum: float, *, exclusive_minimum: bool = False, d
 
 def string(max_length: int = MAX_STRING, *, required: bool = False, min_length: int | None = None,
            default: str | None = None, plain: bool = True, enum: tuple[str, ...] | None = None,
-           description: str = "", example: str | None = None) -> Field:
+           description: str = "", example: str | None = None, pattern: str | None = None,
+           too_large: int = errno.EINVAL) -> Field:
     return Field("string", description, required, default, min_length=min_length, max_length=max_length,
-                 plain=plain, enum=enum, example=example)
+                 plain=plain, enum=enum, example=example, pattern=pattern, too_large=too_large)
 
 
 def boolean(default: bool | None = None, description: str = "") -> Field:
@@ -92,7 +97,8 @@ def boolean(default: bool | None = None, description: str = "") -> Field:
 
 
 def array(items: Field, max_items: int = MAX_LIST_ITEMS, description: str = "") -> Field:
-    return Field("array", description, items=items, max_items=max_items)
+    """A list of `items`, none of them null."""
+    return Field("array", description, items=replace(items, required=True), max_items=max_items)
 
 
 def obj(properties: Fields, description: str = "") -> Field:
@@ -117,13 +123,13 @@ def request_body(fields: Fields) -> dict[str, Any]:
 
 # -- checking ---------------------------------------------------------------------------------------------------
 
-def _bad(where: str, what: str) -> DfsError:
-    return DfsError(errno.EINVAL, f"'{where}' {what}")
+def _bad(where: str, what: str, err: int = errno.EINVAL) -> DfsError:
+    return DfsError(err, f"'{where}' {what}")
 
 
 def _check_string(where: str, f: Field, value: str) -> None:
     if f.max_length is not None and len(value) > f.max_length:
-        raise _bad(where, f"is longer than {f.max_length} characters")
+        raise _bad(where, f"is longer than {f.max_length} characters", f.too_large)
     if f.min_length is not None and len(value) < f.min_length:
         raise _bad(where, "cannot be empty" if f.min_length == 1 else f"is shorter than {f.min_length} characters")
     if not f.plain:
@@ -137,6 +143,8 @@ def _check_string(where: str, f: Field, value: str) -> None:
             raise _bad(where, "must be UTF-8 text (it holds a lone surrogate)") from None
     if f.enum and value not in f.enum:
         raise _bad(where, f"must be one of {', '.join(f.enum)}")
+    if f.pattern and not re.search(f.pattern, value):
+        raise _bad(where, f"does not match {f.pattern}")
 
 
 def _check_value(where: str, f: Field, value: Any) -> None:
@@ -174,7 +182,7 @@ def _check_value(where: str, f: Field, value: Any) -> None:
                        if kind == "number" else f"must be at least {f.minimum}")
         if f.maximum is not None and value > f.maximum:
             raise _bad(where, f"must be at most {f.maximum:g}" if kind == "number" else
-                       f"must be at most {f.maximum}")
+                       f"must be at most {f.maximum}", f.too_large)
 
 
 def check(body: Mapping[str, Any], fields: Fields, prefix: str = "") -> None:

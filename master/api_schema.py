@@ -7,6 +7,7 @@ exactly what the handlers accept. Handlers may read only the fields declared her
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from dfs.apispec import Field, Fields, array, boolean, integer, number, obj, request_body, string
@@ -28,9 +29,14 @@ def inode(description: str = "Inode number (1 is the root folder).") -> Field:
     return integer(1, INT64_MAX, required=True, description=description, example=1)
 
 
-def name(description: str = "") -> Field:
-    return string(1024, required=True, plain=False, example="example", description=description or
+def name(description: str = "", too_long: int = errno.ENAMETOOLONG) -> Field:
+    """A name of at most NAME_MAX bytes, so of at most NAME_MAX characters (dfs/names.py counts the bytes)."""
+    return string(NAME_MAX, required=True, min_length=1, plain=False, example="example", too_large=too_long,
+                  description=description or
                   f"A directory entry name: 1..{NAME_MAX} bytes of UTF-8, no '/' or NUL, not '.' or '..'.")
+
+
+XATTR_NAME = name("Attribute name: 1..255 bytes, no NUL.", too_long=errno.ERANGE)
 
 
 ID = integer(0, UID_MAX, default=0, description="User or group id.")
@@ -39,7 +45,9 @@ HELD = array(integer(1, INT64_MAX), MAX_LIST_ITEMS, "Inodes the caller has open 
 CLIENT = string(256, required=True, min_length=1, description="The writing client's id.")
 SPACE: Fields = {key: integer(0, INT64_MAX, required=True, description=f"Bytes ({key}).")
                  for key in ("capacity", "used", "free")}
-ADMIN_PATH = string(PATH_MAX * 4, default="/", plain=False, description="Absolute path in the cluster.")
+ADMIN_PATH = string(PATH_MAX * 4, default="/", plain=False, too_large=errno.ENAMETOOLONG,
+                    description="Path in the cluster (a missing leading '/' is added).")
+SIZE = integer(0, MAX_FILE_SIZE, too_large=errno.EFBIG, description="File size in bytes.")
 NODE = string(2048, required=True, description="A chunkserver: its id, URL or host:port.")
 THRESHOLD = number(0, 100, exclusive_minimum=True, default=10,
                    description="Percentage points of utilisation a server may differ from the mean.")
@@ -50,14 +58,15 @@ B64_MAX = (XATTR_SIZE_MAX + 3) * 4 // 3 + 8
 
 OPS: dict[str, tuple[str, Fields]] = {
     "resolve": ("Walk a path to its attributes", {
-        "path": string(CLUSTER_PATH_MAX, required=True, plain=False, description="Absolute path.", example="/"),
+        "path": string(CLUSTER_PATH_MAX, required=True, plain=False, description="Absolute path.", example="/",
+                       pattern="^/", too_large=errno.ENAMETOOLONG),
         "follow": boolean(False, "Follow a symlink in the last component.")}),
     "lookup": ("An entry of a folder", {"parent": inode(), "name": name()}),
     "getattr": ("Attributes of an inode", {"inode": inode()}),
     "setattr": ("Change mode, owner, size or times", {
         "inode": inode(), "mode": integer(0, 0o7777, description="Permission bits."),
         "uid": integer(0, UID_MAX), "gid": integer(0, UID_MAX),
-        "size": integer(0, INT64_MAX, description="Truncate or extend to this size."),
+        "size": SIZE,
         "atime_ns": TIME, "mtime_ns": TIME}),
     "mkdir": ("Make a folder", {"parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o755),
                                 "uid": ID, "gid": ID}),
@@ -77,17 +86,18 @@ OPS: dict[str, tuple[str, Fields]] = {
     "link": ("Add a hard link", {"inode": inode(), "new_parent": inode(), "new_name": name()}),
     "symlink": ("Make a symbolic link", {
         "parent": inode(), "name": name(),
-        "target": string(PATH_MAX * 4, required=True, plain=False, description=f"At most {PATH_MAX} bytes."),
+        "target": string(PATH_MAX, required=True, plain=False, too_large=errno.ENAMETOOLONG,
+                         description=f"1..{PATH_MAX} bytes, no NUL."),
         "uid": ID, "gid": ID}),
     "readlink": ("A symlink's target", {"inode": inode()}),
     "statfs": ("Space and file counts", {}),
-    "getxattr": ("Read an extended attribute", {"inode": inode(), "name": name("Attribute name.")}),
+    "getxattr": ("Read an extended attribute", {"inode": inode(), "name": XATTR_NAME}),
     "setxattr": ("Write an extended attribute", {
-        "inode": inode(), "name": name("Attribute name."),
+        "inode": inode(), "name": XATTR_NAME,
         "value_b64": string(B64_MAX, required=True, description=f"Base64 of at most {XATTR_SIZE_MAX} bytes."),
         "flags": integer(0, 3, default=0, description="1 = create only, 2 = replace only.")}),
     "listxattr": ("Names of an inode's extended attributes", {"inode": inode()}),
-    "removexattr": ("Remove an extended attribute", {"inode": inode(), "name": name("Attribute name.")}),
+    "removexattr": ("Remove an extended attribute", {"inode": inode(), "name": XATTR_NAME}),
     "chunks": ("Where a file's chunks are", {
         "inode": inode(), "first": integer(0, MAX_FILE_SIZE, default=0, description="First chunk index."),
         "count": integer(1, 100_000, default=1000)}),
@@ -95,7 +105,7 @@ OPS: dict[str, tuple[str, Fields]] = {
         "inode": inode(), "index": integer(0, MAX_FILE_SIZE, required=True), "client": CLIENT,
         "exclude": array(integer(1, INT64_MAX), 1000, "Server ids that failed the last write.")}),
     "commit": ("Publish a write: size, mtime, lease release", {
-        "inode": inode(), "client": CLIENT, "size": integer(0, INT64_MAX), "mtime_ns": TIME,
+        "inode": inode(), "client": CLIENT, "size": SIZE, "mtime_ns": TIME,
         "release": boolean(True)}),
     "report": ("A client found a bad replica", {
         "chunk_id": inode("Chunk id."), "server_id": inode("Server id."),
