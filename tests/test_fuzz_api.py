@@ -22,8 +22,10 @@ pytestmark = pytest.mark.timeout(600)
 MAX_EXAMPLES = 12
 SEED = 20261126
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-#: Never fuzzed: a registration with a generated URL would send the master's traffic to that address.
-EXCLUDED_PATHS = ("/api/cs/register",)
+#: Not fuzzed (their bodies are checked by the same request table, tested in test_limits.py): a registration
+#: with a generated URL would send the master's traffic to that address; fake heartbeats, goodbyes and a
+#: drain could take the real chunkservers out of service, and the 502/507 that follow would be no bug.
+EXCLUDED_PATHS = ("/api/cs/register", "/api/cs/heartbeat", "/api/cs/goodbye", "/api/admin/decommission")
 
 
 def request_headers(cluster: Cluster) -> Mapping[str, str]:

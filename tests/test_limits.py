@@ -86,6 +86,7 @@ def test_deep_json_is_a_400(cluster: Cluster, raw: bytes) -> None:
      "missing field 'bad[0].chunk_id'"),
     ("cs/register", {"uuid": "u", "url": "http://127.0.0.1:9", "capacity": 1, "used": 0, "free": 1,
                      "chunks": [7]}, "'chunks[0]' must be an object"),
+    ("cs/goodbye", {"server_id": "1"}, "'server_id' must be an integer"),
     ("admin/setrep", {"path": "/", "goal": 0}, "'goal' must be at least 1"),
     ("admin/balance/plan", {"threshold": 0}, "'threshold' must be more than 0"),
     ("admin/decommission", {"node": 1}, "'node' must be a string"),
