@@ -174,7 +174,7 @@ def add_admin_routes(app: web.Application) -> None:
     if ROUTES.keys() != api_schema.ADMIN.keys():
         raise RuntimeError(f"master/api_schema.py ADMIN differs from ROUTES: {ROUTES.keys() ^ api_schema.ADMIN.keys()}")
     for name, (route, readable) in ROUTES.items():
-        fields = api_schema.ADMIN[name][1]
+        fields = api_schema.ADMIN[name].fields
         if readable and fields:
             raise RuntimeError(f"admin route {name} answers GET but takes fields")
         handle = _handler(route, fields)

@@ -8,12 +8,14 @@ exactly what the handlers accept. Handlers may read only the fields declared her
 from __future__ import annotations
 
 import errno
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from dfs.apispec import Field, Fields, array, boolean, integer, number, obj, request_body, string
 from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, MAX_LIST_ITEMS, UID_MAX
 from dfs.names import CLUSTER_PATH_MAX, NAME_MAX, PATH_MAX
-from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
+from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, Attr
 from master.servers import BAD_PROBLEMS
 from master.xattrs import XATTR_SIZE_MAX
 
@@ -21,6 +23,29 @@ from master.xattrs import XATTR_SIZE_MAX
 MAX_REPORTED_CHUNKS = 10_000_000
 #: Moves in one balancing plan.
 MAX_MOVES = 10_000_000
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operation: its summary, its request fields and, where it is exact, its reply's schema."""
+
+    summary: str
+    fields: Fields
+    reply: dict[str, Any] | None = None
+
+
+# -- replies ------------------------------------------------------------------------------------------------------
+
+ATTR: dict[str, Any] = {"$ref": "#/components/schemas/Attr"}
+
+
+def reply(**properties: Any) -> dict[str, Any]:
+    """An object with exactly these members, all present."""
+    return {"type": "object", "properties": properties, "required": list(properties)}
+
+
+WITH_ATTR = reply(attr=ATTR)
+EMPTY = reply()
 
 # -- field kinds ---------------------------------------------------------------------------------------------------
 
@@ -56,97 +81,106 @@ B64_MAX = (XATTR_SIZE_MAX + 3) * 4 // 3 + 8
 
 # -- /api/<op> ---------------------------------------------------------------------------------------------------
 
-OPS: dict[str, tuple[str, Fields]] = {
-    "resolve": ("Walk a path to its attributes", {
+OPS: dict[str, Op] = {
+    "resolve": Op("Walk a path to its attributes", {
         "path": string(CLUSTER_PATH_MAX, required=True, plain=False, description="Absolute path.", example="/",
                        pattern="^/", too_large=errno.ENAMETOOLONG),
-        "follow": boolean(False, "Follow a symlink in the last component.")}),
-    "lookup": ("An entry of a folder", {"parent": inode(), "name": name()}),
-    "getattr": ("Attributes of an inode", {"inode": inode()}),
-    "setattr": ("Change mode, owner, size or times", {
+        "follow": boolean(False, "Follow a symlink in the last component.")}, WITH_ATTR),
+    "lookup": Op("An entry of a folder", {"parent": inode(), "name": name()}, WITH_ATTR),
+    "getattr": Op("Attributes of an inode", {"inode": inode()}, WITH_ATTR),
+    "setattr": Op("Change mode, owner, size or times", {
         "inode": inode(), "mode": integer(0, 0o7777, description="Permission bits."),
         "uid": integer(0, UID_MAX), "gid": integer(0, UID_MAX),
         "size": SIZE,
-        "atime_ns": TIME, "mtime_ns": TIME}),
-    "mkdir": ("Make a folder", {"parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o755),
-                                "uid": ID, "gid": ID}),
-    "create": ("Create a file (or a special file with S_IF* bits in mode)", {
+        "atime_ns": TIME, "mtime_ns": TIME}, WITH_ATTR),
+    "mkdir": Op("Make a folder", {"parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o755),
+                                "uid": ID, "gid": ID}, WITH_ATTR),
+    "create": Op("Create a file (or a special file with S_IF* bits in mode)", {
         "parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o644), "uid": ID, "gid": ID,
         "exclusive": boolean(False), "goal": integer(1, MAX_GOAL, description="Replication goal."),
-        "rdev": integer(0, INT64_MAX, default=0)}),
-    "readdir": ("A page of a folder's entries, sorted by name", {
+        "rdev": integer(0, INT64_MAX, default=0)}, reply(attr=ATTR, created={"type": "boolean"})),
+    "readdir": Op("A page of a folder's entries, sorted by name", {
         "inode": inode(), "after": string(1024, plain=False, description="Start after this name."),
-        "limit": integer(1, LIST_MAX, default=LIST_DEFAULT)}),
-    "unlink": ("Remove a name", {"parent": inode(), "name": name(), "held": HELD}),
-    "forget": ("The caller closed an inode for the last time", {"inode": inode()}),
-    "rmdir": ("Remove an empty folder", {"parent": inode(), "name": name()}),
-    "rename": ("Rename or exchange entries", {
+        "limit": integer(1, LIST_MAX, default=LIST_DEFAULT)},
+        reply(entries={"type": "array", "items": reply(name={"type": "string"}, attr=ATTR)},
+              next={"type": "string", "nullable": True})),
+    "unlink": Op("Remove a name", {"parent": inode(), "name": name(), "held": HELD}, EMPTY),
+    "forget": Op("The caller closed an inode for the last time", {"inode": inode()}, EMPTY),
+    "rmdir": Op("Remove an empty folder", {"parent": inode(), "name": name()}, EMPTY),
+    "rename": Op("Rename or exchange entries", {
         "parent": inode(), "name": name(), "new_parent": inode(), "new_name": name(),
-        "noreplace": boolean(False), "exchange": boolean(False), "held": HELD}),
-    "link": ("Add a hard link", {"inode": inode(), "new_parent": inode(), "new_name": name()}),
-    "symlink": ("Make a symbolic link", {
+        "noreplace": boolean(False), "exchange": boolean(False), "held": HELD}, EMPTY),
+    "link": Op("Add a hard link", {"inode": inode(), "new_parent": inode(), "new_name": name()}, WITH_ATTR),
+    "symlink": Op("Make a symbolic link", {
         "parent": inode(), "name": name(),
         "target": string(PATH_MAX, required=True, plain=False, too_large=errno.ENAMETOOLONG,
                          description=f"1..{PATH_MAX} bytes, no NUL."),
-        "uid": ID, "gid": ID}),
-    "readlink": ("A symlink's target", {"inode": inode()}),
-    "statfs": ("Space and file counts", {}),
-    "getxattr": ("Read an extended attribute", {"inode": inode(), "name": XATTR_NAME}),
-    "setxattr": ("Write an extended attribute", {
+        "uid": ID, "gid": ID}, WITH_ATTR),
+    "readlink": Op("A symlink's target", {"inode": inode()}, reply(target={"type": "string"})),
+    "statfs": Op("Space and file counts", {}),
+    "getxattr": Op("Read an extended attribute", {"inode": inode(), "name": XATTR_NAME},
+                   reply(value_b64={"type": "string", "format": "byte"})),
+    "setxattr": Op("Write an extended attribute", {
         "inode": inode(), "name": XATTR_NAME,
         "value_b64": string(B64_MAX, required=True, description=f"Base64 of at most {XATTR_SIZE_MAX} bytes."),
-        "flags": integer(0, 3, default=0, description="1 = create only, 2 = replace only.")}),
-    "listxattr": ("Names of an inode's extended attributes", {"inode": inode()}),
-    "removexattr": ("Remove an extended attribute", {"inode": inode(), "name": XATTR_NAME}),
-    "chunks": ("Where a file's chunks are", {
+        "flags": integer(0, 3, default=0, description="1 = create only, 2 = replace only.")}, EMPTY),
+    "listxattr": Op("Names of an inode's extended attributes", {"inode": inode()},
+                    reply(names={"type": "array", "items": {"type": "string"}})),
+    "removexattr": Op("Remove an extended attribute", {"inode": inode(), "name": XATTR_NAME}, EMPTY),
+    "chunks": Op("Where a file's chunks are", {
         "inode": inode(), "first": integer(0, MAX_FILE_SIZE, default=0, description="First chunk index."),
         "count": integer(1, 100_000, default=1000)}),
-    "lease": ("A write lease on one chunk slot", {
+    "lease": Op("A write lease on one chunk slot", {
         "inode": inode(), "index": integer(0, MAX_FILE_SIZE, required=True), "client": CLIENT,
         "exclude": array(integer(1, INT64_MAX), 1000, "Server ids that failed the last write.")}),
-    "commit": ("Publish a write: size, mtime, lease release", {
+    "commit": Op("Publish a write: size, mtime, lease release", {
         "inode": inode(), "client": CLIENT, "size": SIZE, "mtime_ns": TIME,
-        "release": boolean(True)}),
-    "report": ("A client found a bad replica", {
+        "release": boolean(True)}, WITH_ATTR),
+    "report": Op("A client found a bad replica", {
         "chunk_id": inode("Chunk id."), "server_id": inode("Server id."),
-        "version": integer(0, INT64_MAX, required=True), "problem": string(32, required=True, enum=BAD_PROBLEMS)}),
-    "cs/register": ("A chunkserver joins with its full chunk report", {
+        "version": integer(0, INT64_MAX, required=True),
+        "problem": string(32, required=True, enum=BAD_PROBLEMS)}, EMPTY),
+    "cs/register": Op("A chunkserver joins with its full chunk report", {
         "uuid": string(128, required=True, min_length=1), "url": string(2048, required=True, min_length=1),
         **SPACE,
         "chunks": array(obj({"chunk_id": inode("Chunk id."), "version": integer(0, INT64_MAX, required=True),
                              "pending": boolean(False)}), MAX_REPORTED_CHUNKS)}),
-    "cs/heartbeat": ("A chunkserver's periodic report", {
+    "cs/heartbeat": Op("A chunkserver's periodic report", {
         "server_id": inode("Server id."), **SPACE, "load": integer(0, INT64_MAX, default=0),
         "bad": array(obj({"chunk_id": inode("Chunk id."), "version": integer(0, INT64_MAX, required=True),
                           "problem": string(32, default="corrupt")}), MAX_LIST_ITEMS)}),
-    "cs/goodbye": ("A chunkserver stops for a while", {"server_id": inode("Server id.")}),
+    "cs/goodbye": Op("A chunkserver stops for a while", {"server_id": inode("Server id.")}, EMPTY),
 }
 
 # -- /api/admin/<op> ---------------------------------------------------------------------------------------------
 
-ADMIN: dict[str, tuple[str, Fields]] = {
-    "status": ("Cluster overview", {}),
-    "nodes": ("Every chunkserver", {}),
-    "df": ("Space per chunkserver", {}),
-    "info": ("Where a file's chunks are, with replica health", {"path": ADMIN_PATH}),
-    "fsck": ("Check (and repair) a tree", {"path": ADMIN_PATH, "repair": boolean(False), "verify": boolean(True)}),
-    "setrep": ("Set the replication goal of a file or tree", {
+ADMIN: dict[str, Op] = {
+    "status": Op("Cluster overview", {}),
+    "nodes": Op("Every chunkserver", {}),
+    "df": Op("Space per chunkserver", {}),
+    "info": Op("Where a file's chunks are, with replica health", {"path": ADMIN_PATH}),
+    "fsck": Op("Check (and repair) a tree", {"path": ADMIN_PATH, "repair": boolean(False), "verify": boolean(True)}),
+    "setrep": Op("Set the replication goal of a file or tree", {
         "path": ADMIN_PATH, "goal": integer(1, MAX_GOAL, required=True), "recursive": boolean(False)}),
-    "setrep/progress": ("How far a goal change got", {"path": ADMIN_PATH, "recursive": boolean(False)}),
-    "balance": ("Balancer status", {}),
-    "balance/plan": ("Moves that would balance the cluster", {"threshold": THRESHOLD, "max_moves": MAX_MOVES_FIELD}),
-    "balance/start": ("Start balancing", {
+    "setrep/progress": Op("How far a goal change got", {"path": ADMIN_PATH, "recursive": boolean(False)}),
+    "balance": Op("Balancer status", {}),
+    "balance/plan": Op("Moves that would balance the cluster", {"threshold": THRESHOLD, "max_moves": MAX_MOVES_FIELD}),
+    "balance/start": Op("Start balancing", {
         "threshold": THRESHOLD, "max_bandwidth": integer(1, 2**62, description="Bytes per second."),
         "max_moves": MAX_MOVES_FIELD}),
-    "balance/stop": ("Stop balancing", {}),
-    "decommission": ("Drain a chunkserver", {"node": NODE, "force": boolean(False)}),
-    "decommission/status": ("Drains in progress", {}),
-    "decommission/cancel": ("Stop draining a chunkserver", {"node": NODE}),
-    "recommission": ("Put a drained chunkserver back in service", {"node": NODE}),
+    "balance/stop": Op("Stop balancing", {}),
+    "decommission": Op("Drain a chunkserver", {"node": NODE, "force": boolean(False)}),
+    "decommission/status": Op("Drains in progress", {}),
+    "decommission/cancel": Op("Stop draining a chunkserver", {"node": NODE}),
+    "recommission": Op("Put a drained chunkserver back in service", {"node": NODE}),
 }
 
 # -- the document -----------------------------------------------------------------------------------------------
 
+ATTR_SCHEMA: dict[str, Any] = {
+    **reply(**{f.name: {"type": "integer", "format": "int64"} for f in dataclass_fields(Attr)}),
+    "description": "An inode's attributes (docs/PROTOCOL.md); `mode` carries the file type bits.",
+}
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["error", "message"],
     "properties": {"error": {"type": "string", "description": "errno name", "example": "ENOENT"},
@@ -172,29 +206,29 @@ ERRORS: dict[str, Any] = {
 }
 
 
-def _json_ok(description: str) -> dict[str, Any]:
-    return {"200": {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}},
+def _responses(schema: dict[str, Any] | None) -> dict[str, Any]:
+    return {"200": {"description": "Done.", "content": {"application/json": {"schema": schema or {"type": "object"}}}},
             **ERRORS}
 
 
-def _operation(op_id: str, summary: str, fields: Fields, body: bool = True) -> dict[str, Any]:
-    out: dict[str, Any] = {"operationId": op_id, "summary": summary, "responses": _json_ok("Done.")}
+def _operation(op_id: str, op: Op, body: bool = True) -> dict[str, Any]:
+    out: dict[str, Any] = {"operationId": op_id, "summary": op.summary, "responses": _responses(op.reply)}
     if body:
-        out["requestBody"] = request_body(fields)
+        out["requestBody"] = request_body(op.fields)
     return out
 
 
 def openapi_document(readable_admin: frozenset[str]) -> dict[str, Any]:
     """The master's API as an OpenAPI 3.0 document; `readable_admin` admin routes also answer GET."""
     paths: dict[str, Any] = {}
-    for op, (summary, fields) in OPS.items():
-        paths[f"/api/{op}"] = {"post": _operation(op.replace("/", "_"), summary, fields)}
-    for op, (summary, fields) in ADMIN.items():
-        op_id = "admin_" + op.replace("/", "_")
-        paths[f"/api/admin/{op}"] = {"post": _operation(op_id, summary, fields)}
-        if op in readable_admin:
-            paths[f"/api/admin/{op}"]["get"] = _operation(op_id + "_get", summary, fields, body=False)
-    paths["/api/status"] = {"get": _operation("status", "Servers, counts, repair and recovery", {}, body=False)}
+    for name, op in OPS.items():
+        paths[f"/api/{name}"] = {"post": _operation(name.replace("/", "_"), op)}
+    for name, op in ADMIN.items():
+        op_id = "admin_" + name.replace("/", "_")
+        paths[f"/api/admin/{name}"] = {"post": _operation(op_id, op)}
+        if name in readable_admin:
+            paths[f"/api/admin/{name}"]["get"] = _operation(op_id + "_get", op, body=False)
+    paths["/api/status"] = {"get": _operation("status", Op("Servers, counts, repair and recovery", {}), body=False)}
     paths["/health"] = {"get": {"operationId": "health", "summary": "Liveness", "responses": {"200": {
         "description": "Up.", "content": {"application/json": {"schema": {
             "type": "object", "required": ["status", "service"],
@@ -211,5 +245,5 @@ def openapi_document(readable_admin: frozenset[str]) -> dict[str, Any]:
                                 "\"...\"} with the matching status. Unknown fields are ignored; null means "
                                 "absent."},
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA}},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, "Attr": ATTR_SCHEMA}},
     }

@@ -286,7 +286,7 @@ OPS: dict[str, Op] = {
 
 
 def _handler(op: Op, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
-    fields = api_schema.OPS[name][1]  # the request table: checked here, published in /openapi.json
+    fields = api_schema.OPS[name].fields  # the request table: checked here, published in /openapi.json
     limit = MAX_REGISTER_BODY if name == "cs/register" else MAX_JSON_BODY
 
     async def handle(request: web.Request) -> web.Response:

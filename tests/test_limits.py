@@ -207,7 +207,7 @@ def test_the_document_describes_every_route(cluster: Cluster, tmp_path: Path) ->
 
 
 def test_a_handler_cannot_read_an_undeclared_field() -> None:
-    params = checked(Params({"inode": 5, "extra": 1}, typed=True), api_schema.OPS["getattr"][1])
+    params = checked(Params({"inode": 5, "extra": 1}, typed=True), api_schema.OPS["getattr"].fields)
     assert params.int("inode") == 5
     with pytest.raises(LookupError):
         params.int("extra")
