@@ -16,9 +16,20 @@ from dfs.names import CLUSTER_PATH_MAX, NAME_MAX, split_path, validate_name
 #: No deadline: the machine is shared, and a slow example is no failure here.
 SETTINGS = settings(max_examples=200, deadline=None)
 
-#: Any code point, lone surrogates included (hypothesis leaves them out by default).
-ANY_CHAR = st.characters(codec=None, categories=None)
-ANY_TEXT = st.text(ANY_CHAR, max_size=300)
+#: Any code point, with lone surrogates and '/', NUL, '.' often (hypothesis rarely draws them by itself).
+SURROGATES = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF, categories=["Cs"])
+ESCAPES = st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF, categories=["Cs"])
+ANY_CHAR = st.characters(codec=None) | SURROGATES | ESCAPES | st.sampled_from(["/", "\0", ".", "é"])
+
+
+def escaped_everywhere(raw: bytes) -> str:
+    """Every byte >= 0x80 as its surrogate escape: a second spelling of `raw` where it is valid UTF-8."""
+    return "".join(chr(0xDC00 + b) if b >= 0x80 else chr(b) for b in raw)
+
+
+#: Lists joined rather than st.text: text() would merge the alphabets and all but drop the surrogates.
+ANY_TEXT = st.lists(ANY_CHAR, max_size=300).map("".join) \
+    | st.text(max_size=80).map(lambda t: escaped_everywhere(t.encode()))
 
 
 def no_slash_or_nul(raw: bytes) -> bytes:
