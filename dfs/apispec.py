@@ -122,78 +122,107 @@ def request_body(fields: Fields) -> dict[str, Any]:
 
 
 # -- checking ---------------------------------------------------------------------------------------------------
+# The checks raise `_Invalid` without building any text; the field's path ("chunks[3].version") is put
+# together only for the error, so a chunk report of millions of items is checked at a bearable speed.
 
-def _bad(where: str, what: str, err: int = errno.EINVAL) -> DfsError:
-    return DfsError(err, f"'{where}' {what}")
+class _Invalid(Exception):
+    def __init__(self, what: str, err: int = errno.EINVAL, missing: bool = False) -> None:
+        self.what, self.err, self.missing = what, err, missing
+        self.path: list[str] = []  # innermost first
 
 
-def _check_string(where: str, f: Field, value: str) -> None:
+def _check_string(f: Field, value: str) -> None:
     if f.max_length is not None and len(value) > f.max_length:
-        raise _bad(where, f"is longer than {f.max_length} characters", f.too_large)
+        raise _Invalid(f"is longer than {f.max_length} characters", f.too_large)
     if f.min_length is not None and len(value) < f.min_length:
-        raise _bad(where, "cannot be empty" if f.min_length == 1 else f"is shorter than {f.min_length} characters")
+        raise _Invalid("cannot be empty" if f.min_length == 1 else f"is shorter than {f.min_length} characters")
     if not f.plain:
-        encoded(value, f"'{where}'")
+        try:
+            encoded(value)
+        except DfsError:
+            raise _Invalid("must be UTF-8 text (bytes that are not may only travel as surrogate escapes)") from None
     elif "\0" in value:
-        raise _bad(where, "may not contain NUL")
+        raise _Invalid("may not contain NUL")
     else:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise _bad(where, "must be UTF-8 text (it holds a lone surrogate)") from None
+            raise _Invalid("must be UTF-8 text (it holds a lone surrogate)") from None
     if f.enum and value not in f.enum:
-        raise _bad(where, f"must be one of {', '.join(f.enum)}")
+        raise _Invalid(f"must be one of {', '.join(f.enum)}")
     if f.pattern and not re.search(f.pattern, value):
-        raise _bad(where, f"does not match {f.pattern}")
+        raise _Invalid(f"does not match {f.pattern}")
 
 
-def _check_value(where: str, f: Field, value: Any) -> None:
+def _check_number(f: Field, value: float) -> None:
+    exact = f.type == "integer"
+    if f.minimum is not None and (value <= f.minimum if f.exclusive_minimum else value < f.minimum):
+        bound = f.minimum if exact else f"{f.minimum:g}"
+        raise _Invalid(f"must be {'more than' if f.exclusive_minimum else 'at least'} {bound}")
+    if f.maximum is not None and value > f.maximum:
+        raise _Invalid(f"must be at most {f.maximum if exact else f'{f.maximum:g}'}", f.too_large)
+
+
+def _check_value(f: Field, value: Any) -> None:
     kind = f.type
     if kind == "integer":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(where, "must be an integer")
+        if value.__class__ is not int and (isinstance(value, bool) or not isinstance(value, int)):
+            raise _Invalid("must be an integer")
+        _check_number(f, value)
     elif kind == "number":
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise _bad(where, "must be a number")
+            raise _Invalid("must be a number")
+        _check_number(f, value)
     elif kind == "string":
         if not isinstance(value, str):
-            raise _bad(where, "must be a string")
-        _check_string(where, f, value)
+            raise _Invalid("must be a string")
+        _check_string(f, value)
     elif kind == "boolean":
         if not isinstance(value, bool):
-            raise _bad(where, "must be true or false")
+            raise _Invalid("must be true or false")
     elif kind == "array":
         if not isinstance(value, list):
-            raise _bad(where, "must be a list")
+            raise _Invalid("must be a list")
         if f.max_items is not None and len(value) > f.max_items:
-            raise _bad(where, f"has more than {f.max_items} items")
+            raise _Invalid(f"has more than {f.max_items} items")
         assert f.items is not None
+        items = f.items
         for i, item in enumerate(value):
-            if item is None:
-                raise _bad(f"{where}[{i}]", "cannot be null")
-            _check_value(f"{where}[{i}]", f.items, item)
+            try:
+                if item is None:
+                    raise _Invalid("cannot be null")
+                _check_value(items, item)
+            except _Invalid as bad:
+                bad.path.append(f"[{i}]")
+                raise
     elif kind == "object":
         if not isinstance(value, dict):
-            raise _bad(where, "must be an object")
-        check(value, f.properties, prefix=f"{where}.")
-    if kind in ("integer", "number"):
-        if f.minimum is not None and (value <= f.minimum if f.exclusive_minimum else value < f.minimum):
-            raise _bad(where, f"must be {'more than' if f.exclusive_minimum else 'at least'} {f.minimum:g}"
-                       if kind == "number" else f"must be at least {f.minimum}")
-        if f.maximum is not None and value > f.maximum:
-            raise _bad(where, f"must be at most {f.maximum:g}" if kind == "number" else
-                       f"must be at most {f.maximum}", f.too_large)
+            raise _Invalid("must be an object")
+        _check_members(value, f.properties)
 
 
-def check(body: Mapping[str, Any], fields: Fields, prefix: str = "") -> None:
-    """Raise EINVAL naming the first field of `body` that `fields` does not allow; unknown keys are ignored."""
+def _check_members(body: Mapping[str, Any], fields: Fields) -> None:
     for name, f in fields.items():
         value = body.get(name)
-        if value is None:
-            if f.required:
-                raise DfsError(errno.EINVAL, f"missing field '{prefix}{name}'")
-            continue
-        _check_value(prefix + name, f, value)
+        try:
+            if value is None:
+                if f.required:
+                    raise _Invalid("", missing=True)
+                continue
+            _check_value(f, value)
+        except _Invalid as bad:
+            bad.path.append(f".{name}")
+            raise
+
+
+def check(body: Mapping[str, Any], fields: Fields) -> None:
+    """Raise EINVAL (or the field's `too_large` errno) naming the first field of `body` that `fields`
+    does not allow; unknown keys are ignored."""
+    try:
+        _check_members(body, fields)
+    except _Invalid as bad:
+        where = "".join(reversed(bad.path)).removeprefix(".")
+        raise DfsError(bad.err, f"missing field '{where}'" if bad.missing else f"'{where}' {bad.what}") from None
 
 
 def checked(params: Params, fields: Fields) -> Params:
