@@ -30,7 +30,7 @@ import aiohttp
 from chunkserver import diskio
 from chunkserver.store import SLICE, ChunkStore
 from dfs.checksum import BLOCK_SIZE, block_digest, chunk_digest
-from dfs.errors import DfsError
+from dfs.errors import DfsError, describe
 from dfs.jobs import Throttle
 from dfs.tokens import TOKEN_HEADER
 
@@ -121,8 +121,8 @@ async def pull_chunk(store: ChunkStore, session: aiohttp.ClientSession, chunk_id
     try:
         return await _pull(store, session, chunk_id, version, source.rstrip("/"), source_token, rate)
     except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-        log.warning("chunk %d v%d: copy from %s failed: %s", chunk_id, version, source, exc or type(exc).__name__)
-        raise DfsError(errno.EIO, f"chunk {chunk_id}: source {source} failed: {exc or type(exc).__name__}") from None
+        log.warning("chunk %d v%d: copy from %s failed: %s", chunk_id, version, source, describe(exc))
+        raise DfsError(errno.EIO, f"chunk {chunk_id}: source {source} failed: {describe(exc)}") from None
     except DfsError as err:
         log.warning("chunk %d v%d: copy from %s failed: %s %s", chunk_id, version, source, err.code, err.message)
         raise

@@ -29,7 +29,7 @@ from chunkserver import diskio
 from chunkserver.config import ChunkserverConfig
 from chunkserver.store import ChunkStore
 from dfs.client.rpc import json_reply
-from dfs.errors import DfsError
+from dfs.errors import DfsError, describe
 
 log = logging.getLogger("chunkserver.heartbeat")
 
@@ -118,7 +118,7 @@ class Heartbeat:
                     raise DfsError(errno.EIO, f"bad register reply {reply!r}")
             except (aiohttp.ClientError, OSError, DfsError, KeyError, ValueError, TypeError) as exc:
                 log.warning("cannot register with the master at %s: %s; retrying in %.1fs",
-                            self.config.master_url, _describe(exc), delay)
+                            self.config.master_url, describe(exc), delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY)
                 continue
@@ -140,7 +140,7 @@ class Heartbeat:
             self.store.return_bad(bad)
             if not self._failing:
                 log.warning("heartbeat to %s failed: %s (quiet until it works again)", self.config.master_url,
-                            _describe(exc))
+                            describe(exc))
             self._failing = True
             return True
         if self._failing:
@@ -155,7 +155,7 @@ class Heartbeat:
             chunk_id, version = int(item["chunk_id"]), int(item["version"])
             deleted = await self.store.delete(chunk_id, version)
         except Exception as exc:  # one bad item never stops the rest
-            log.warning("cannot delete %r as the master asked: %s", item, _describe(exc))
+            log.warning("cannot delete %r as the master asked: %s", item, describe(exc))
             return
         if not deleted:
             log.info("chunk %d v%d: garbage per the master, but not here or newer", chunk_id, version)
@@ -172,7 +172,7 @@ class Heartbeat:
                     raise DfsError.from_json(resp.status, await resp.json(content_type=None))
             log.info("told the master at %s that we are stopping (maintenance)", self.config.master_url)
         except (aiohttp.ClientError, OSError, DfsError, ValueError, TimeoutError) as exc:
-            log.warning("could not tell the master we are stopping: %s", _describe(exc))
+            log.warning("could not tell the master we are stopping: %s", describe(exc))
 
     async def run(self) -> None:
         """Register, then beat forever (registering again whenever the master asks)."""
@@ -184,8 +184,3 @@ class Heartbeat:
                     log.info("the master asks for a new registration")
                     break
 
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, DfsError):
-        return f"{exc.code} {exc.message}"
-    return str(exc) or type(exc).__name__

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from typing import Any
 
 #: HTTP status for each errno that crosses the wire; anything else is 500.
@@ -92,6 +93,15 @@ class DfsError(Exception):
 
     def __repr__(self) -> str:
         return f"DfsError({self.code}, {self.message!r})"
+
+
+_QUERY = re.compile(r"""(https?://[^\s'"?]*)\?[^\s'"]*""")
+
+
+def describe(exc: BaseException) -> str:
+    """`exc` in one line for a log or a message. URLs lose their query string: it may carry a token."""
+    text = f"{exc.code} {exc.message}" if isinstance(exc, DfsError) else (str(exc) or type(exc).__name__)
+    return _QUERY.sub(r"\1?...", text)
 
 
 def fail(err: int, message: str | None = None) -> DfsError:

@@ -14,9 +14,25 @@ PATH_MAX = 4096  # what one symlink target may hold, as on Linux
 CLUSTER_PATH_MAX = 16 * PATH_MAX
 
 
-def _encoded(name: str) -> bytes:
-    # surrogateescape: FUSE hands us names that are not valid UTF-8 decoded that way.
-    return name.encode("utf-8", "surrogateescape")
+def encoded(text: str, what: str = "a name") -> bytes:
+    """`text` as the bytes stored and shown to the kernel; EINVAL for a string no byte string decodes to.
+
+    Bytes that are not UTF-8 travel as surrogate escapes (FUSE decodes names with `surrogateescape`),
+    so U+DC80..U+DCFF stand for the bytes 0x80..0xFF; any other lone surrogate is refused.
+    """
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise DfsError(errno.EINVAL, f"{what} must be UTF-8 text: {text!r}") from None
+
+
+def _canonical(text: str, what: str) -> bytes:
+    """The bytes of `text`, which must be the one spelling of them: an escaped byte sequence that is
+    valid UTF-8 ("\udcc3\udca9" for "é") would be a second name for the same entry."""
+    raw = encoded(text, what)
+    if raw.decode("utf-8", "surrogateescape") != text:
+        raise DfsError(errno.EINVAL, f"{what} escapes bytes that are valid UTF-8: {text!r}")
+    return raw
 
 
 def validate_name(name: object) -> str:
@@ -27,10 +43,7 @@ def validate_name(name: object) -> str:
         raise DfsError(errno.EINVAL, f"'{name}' cannot be used as a name")
     if "/" in name or "\0" in name:
         raise DfsError(errno.EINVAL, f"a name may not contain '/' or NUL: {name!r}")
-    try:
-        size = len(_encoded(name))
-    except UnicodeEncodeError:
-        raise DfsError(errno.EINVAL, f"a name must be UTF-8 text: {name!r}") from None
+    size = len(_canonical(name, "a name"))
     if size > NAME_MAX:
         raise DfsError(errno.ENAMETOOLONG, f"name is {size} bytes long, the limit is {NAME_MAX}")
     return name
@@ -43,7 +56,7 @@ def split_path(path: object) -> list[str]:
     """
     if not isinstance(path, str) or not path.startswith("/"):
         raise DfsError(errno.EINVAL, f"a path must be absolute: {path!r}")
-    if len(_encoded(path)) > CLUSTER_PATH_MAX:
+    if len(encoded(path, "a path")) > CLUSTER_PATH_MAX:
         raise DfsError(errno.ENAMETOOLONG, f"path is longer than {CLUSTER_PATH_MAX} bytes")
     parts = [p for p in path.split("/") if p]
     for part in parts:

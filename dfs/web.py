@@ -19,13 +19,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from dfs.errors import DfsError
+from dfs.limits import MAX_HEADER_FIELD, MAX_HEADERS, MAX_JSON_BODY, MAX_JSON_DEPTH, MAX_REQUEST_LINE
 
 log = logging.getLogger("dfs.web")
 
-MAX_JSON_BODY = 4 * 1024 * 1024
-MAX_JSON_DEPTH = 32
+#: aiohttp request-parser limits applied by `serve` (dfs/limits.py).
+PARSER_LIMITS: dict[str, int] = {"max_line_size": MAX_REQUEST_LINE, "max_field_size": MAX_HEADER_FIELD,
+                                 "max_headers": MAX_HEADERS}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -50,8 +53,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
-        log.exception("internal error on %s %s", request.method, request.path)
+        # The route's pattern, not the URL: a query string or a path may carry what is not ours to log.
+        log.exception("internal error on %s %s", request.method, _route(request))
         return web.json_response({"error": "EIO", "message": "internal server error"}, status=500)
+
+
+def _route(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "(no route)"
 
 
 def _depth(value: Any, limit: int) -> int:
@@ -87,28 +96,39 @@ async def read_body(request: web.Request, limit: int = MAX_JSON_BODY) -> bytes:
 def parse_json(raw: bytes) -> Params:
     """A JSON object body as `Params`; 400 for anything else."""
     if not raw:
-        return Params({})
+        return Params({}, typed=True)
     try:
         body = json.loads(raw)
+    except RecursionError:  # the decoder recurses per level: thousands of '[' end here
+        raise DfsError(errno.EINVAL, f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError):
         raise DfsError(errno.EINVAL, "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise DfsError(errno.EINVAL, "request body must be a JSON object")
     if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise DfsError(errno.EINVAL, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return Params(body)
+    return Params(body, typed=True)
 
 
 _MISSING = object()
 
 
 class Params:
-    """Typed, validated access to a JSON object or a query string: `p.int("offset", minimum=0)`."""
+    """Typed, validated access to a JSON object or a query string: `p.int("offset", minimum=0)`.
 
-    def __init__(self, data: Mapping[str, Any]) -> None:
+    With `declared` (dfs/apispec.py `checked`), reading any other field is a bug in the request
+    table, not the client's fault: it raises LookupError (a 500 in the log, found by the tests).
+    """
+
+    def __init__(self, data: Mapping[str, Any], declared: frozenset[str] | None = None, *,
+                 typed: bool = False) -> None:
         self.data = data
+        self.declared = declared
+        self.typed = typed  # a JSON body: numbers and booleans must be JSON's, not strings
 
     def _get(self, key: str, default: Any) -> Any:
+        if self.declared is not None and key not in self.declared:
+            raise LookupError(f"field {key!r} is read but not declared in the request table")
         value = self.data.get(key, _MISSING)
         if value is _MISSING or value is None:
             if default is _MISSING:
@@ -121,7 +141,7 @@ class Params:
         value = self._get(key, default)
         if value is default and default is not _MISSING:
             return value
-        if isinstance(value, str):  # query strings
+        if isinstance(value, str) and not self.typed:  # query strings
             try:
                 value = int(value, 10)
             except ValueError:
@@ -146,7 +166,7 @@ class Params:
 
     def bool(self, key: str, default: Any = _MISSING) -> Any:
         value = self._get(key, default)
-        if isinstance(value, str):
+        if isinstance(value, str) and not self.typed:
             lowered = value.lower()
             if lowered in ("1", "true", "yes"):
                 return True
@@ -171,7 +191,7 @@ class Params:
         return items
 
     def has(self, key: str) -> bool:
-        return self.data.get(key) is not None
+        return self._get(key, None) is not None
 
 
 def add_health(app: web.Application, service: str, extra: Callable[[], dict[str, Any]] | None = None) -> None:
@@ -186,6 +206,26 @@ def add_health(app: web.Application, service: str, extra: Callable[[], dict[str,
     app.router.add_get("/health", health)
 
 
+class ParserErrorFilter(logging.Filter):
+    """aiohttp logs a request its parser refused (a header too long, a bad character) as an ERROR with
+    a traceback and the offending bytes, which may be someone's key. That is the client's fault: one
+    WARNING line naming the kind of error, without the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg, record.args = "refused a malformed HTTP request (%s %s)", (exc.code, type(exc).__name__)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_parser_errors() -> None:
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ParserErrorFilter) for f in server.filters):
+        server.addFilter(ParserErrorFilter())
+
+
 def setup_logging(service: str, level: str = "INFO") -> None:
     """One line per event: time, service, level, message."""
     logging.basicConfig(
@@ -193,12 +233,14 @@ def setup_logging(service: str, level: str = "INFO") -> None:
         format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    quiet_parser_errors()
 
 
 async def serve(app: web.Application, host: str, port: int, *, name: str,
                 ssl_context: ssl.SSLContext | None = None) -> None:
     """Run `app` until SIGINT/SIGTERM, then shut down cleanly (cleanup contexts run); HTTPS with a context."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    quiet_parser_errors()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, **PARSER_LIMITS)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True, backlog=1024, ssl_context=ssl_context)
     try:

@@ -16,11 +16,13 @@ import aiohttp
 from aiohttp import web
 
 from dfs import tls
+from dfs.apispec import checked
 from dfs.errors import DfsError
 from dfs.names import PATH_MAX
 from dfs.protocol import MAX_GOAL
 from dfs.web import Params, background, read_json
-from master import admin
+from master import admin, api_schema
+from master.api_schema import MAX_MOVES
 from master.balance import Balancer
 from master.decommission import Decommissioner
 from master.fsck import Fsck
@@ -29,7 +31,6 @@ from master.moves import Mover
 
 #: Chunkserver calls of the admin jobs (copies wait for the target's whole pull).
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=120.0)
-MAX_MOVES = 10_000_000
 
 
 @dataclass(slots=True)
@@ -58,7 +59,8 @@ def _master(app: web.Application) -> Any:
 
 
 def _threshold(p: Params) -> float:
-    value = p.data.get("threshold", 10)
+    value = p.data.get("threshold")
+    value = 10 if value is None else value
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
         raise DfsError(errno.EINVAL, "'threshold' must be a number of percentage points in (0, 100]")
     return float(value)
@@ -140,9 +142,10 @@ ROUTES: dict[str, tuple[Route, bool]] = {
 }
 
 
-def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _handler(route: Route, fields: api_schema.Fields) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handle(request: web.Request) -> web.Response:
-        params = Params(request.query) if request.method == "GET" else await read_json(request)
+        # GET serves only routes without fields (asserted in add_admin_routes): the query is ignored.
+        params = checked(Params({}) if request.method == "GET" else await read_json(request), fields)
         if ADMIN_KEY not in request.app:
             raise DfsError(errno.EAGAIN, "the master is starting")
         return web.json_response(await route(request.app, request.app[ADMIN_KEY], params))
@@ -170,8 +173,23 @@ async def _jobs(app: web.Application) -> AsyncIterator[None]:
 def add_admin_routes(app: web.Application) -> None:
     """Routes under /api/admin/ and the admin jobs; call after the master's own cleanup context."""
     app.cleanup_ctx.append(_jobs)
+    if ROUTES.keys() != api_schema.ADMIN.keys():
+        raise RuntimeError(f"master/api_schema.py ADMIN differs from ROUTES: {ROUTES.keys() ^ api_schema.ADMIN.keys()}")
     for name, (route, readable) in ROUTES.items():
-        handle = _handler(route)
+        fields = api_schema.ADMIN[name].fields
+        if readable and fields:
+            raise RuntimeError(f"admin route {name} answers GET but takes fields")
+        handle = _handler(route, fields)
         app.router.add_post(f"/api/admin/{name}", handle)
         if readable:
             app.router.add_get(f"/api/admin/{name}", handle)
+
+
+def add_openapi(app: web.Application) -> None:
+    """`GET /openapi.json`: the master's API, generated from master/api_schema.py."""
+    document = api_schema.openapi_document(frozenset(name for name, (_, readable) in ROUTES.items() if readable))
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    app.router.add_get("/openapi.json", openapi)

@@ -18,7 +18,9 @@ import aiohttp
 from aiohttp import web
 
 from dfs import tls
+from dfs.apispec import checked
 from dfs.errors import DfsError
+from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, UID_MAX
 from dfs.metrics import metrics_middleware
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
@@ -34,7 +36,9 @@ from dfs.web import (
     read_body,
     read_json,
 )
-from master.admin_api import add_admin_routes
+from master import api_schema
+from master.admin_api import add_admin_routes, add_openapi
+from master.api_schema import MAX_REPORTED_CHUNKS
 from master.auth import INSECURE_WARNING, KEYS, add_auth, auth_middleware, caller_of
 from master.config import MasterConfig
 from master.dashboard import add_dashboard_routes
@@ -53,11 +57,8 @@ from master.xattrs import XATTR_SIZE_MAX, Xattrs
 
 log = logging.getLogger("master.app")
 
-INT64_MAX = 2**63 - 1
-UID_MAX = 2**32 - 1
 #: A chunk report lists every chunk of a server: allow far more than an ordinary JSON body.
 MAX_REGISTER_BODY = 256 * 1024 * 1024
-MAX_REPORTED_CHUNKS = 10_000_000
 #: Chunkserver calls made by the master (truncates) give up after this long.
 CHUNKSERVER_TIMEOUT = 5.0
 HOUSEKEEPING_INTERVAL = 1.0
@@ -121,7 +122,7 @@ def _items(p: Params, key: str, max_items: int, default: Any = None) -> list[Par
     items = p.list(key, [] if default is None else default, max_items=max_items)
     if any(not isinstance(item, dict) for item in items):
         raise DfsError(errno.EINVAL, f"'{key}' must be a list of objects")
-    return [Params(item) for item in items]
+    return [Params(item, typed=True) for item in items]
 
 
 # -- namespace ------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ async def op_create(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 
 async def op_readdir(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     entries, after = await m.namespace.readdir(_inode(p), p.str("after", None, max_length=1024),
-                                               p.int("limit", 1000, minimum=1, maximum=10_000), caller=c)
+                                               p.int("limit", LIST_DEFAULT, minimum=1, maximum=LIST_MAX), caller=c)
     return {"entries": [{"name": name, "attr": attr_json(attr)} for name, attr in entries], "next": after}
 
 
@@ -307,18 +308,24 @@ OPS: dict[str, Op] = {
 }
 
 
-def _handler(op: Op, large: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _handler(op: Op, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+    fields = api_schema.OPS[name].fields  # the request table: checked here, published in /openapi.json
+    limit = MAX_REGISTER_BODY if name == "cs/register" else MAX_JSON_BODY
+
     async def handle(request: web.Request) -> web.Response:
-        params = await read_json(request, MAX_REGISTER_BODY if large else MAX_JSON_BODY)
+        params = checked(await read_json(request, limit), fields)
         return web.json_response(await op(request.app[MASTER_KEY], params, caller_of(request)))
 
     return handle
 
 
-def _chunkserver_handler(op: Op, large: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _chunkserver_handler(op: Op, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     """cs/*: only for chunkservers that sign the request with the cluster's join token (401 otherwise)."""
+    fields = api_schema.OPS[name].fields
+    limit = MAX_REGISTER_BODY if name == "cs/register" else MAX_JSON_BODY
+
     async def handle(request: web.Request) -> web.Response:
-        raw = await read_body(request, MAX_REGISTER_BODY if large else MAX_JSON_BODY)
+        raw = await read_body(request, limit)
         try:
             request.app[VERIFIER].verify(request.headers.get(AUTH_HEADER), request.method, request.path, raw)
         except DfsError as err:
@@ -326,7 +333,7 @@ def _chunkserver_handler(op: Op, large: bool = False) -> Callable[[web.Request],
             response = json_error(err)
             response.headers["WWW-Authenticate"] = AUTH_SCHEME
             return response
-        return web.json_response(await op(request.app[MASTER_KEY], parse_json(raw), ROOT))
+        return web.json_response(await op(request.app[MASTER_KEY], checked(parse_json(raw), fields), ROOT))
 
     return handle
 
@@ -396,14 +403,17 @@ def create_app(config: MasterConfig) -> web.Application:
         log.warning(INSECURE_WARNING)
     app.cleanup_ctx.append(_resources)
     app[VERIFIER] = RequestVerifier(config.load_keys())
+    if OPS.keys() != api_schema.OPS.keys():
+        raise RuntimeError(f"master/api_schema.py OPS differ from the handlers: {OPS.keys() ^ api_schema.OPS.keys()}")
     for name, op in OPS.items():
         make = _chunkserver_handler if name.startswith("cs/") else _handler
-        app.router.add_post(f"/api/{name}", make(op, large=name == "cs/register"))
+        app.router.add_post(f"/api/{name}", make(op, name))
     app.router.add_get("/api/status", status)
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     # chunk_size: clients learn it before they are authenticated (the gateway has no key of its own)
     add_health(app, "master", lambda: {"chunk_size": config.chunk_size, **({"insecure": True} if config.insecure
                                                                            else {})})
+    add_openapi(app)  # GET /openapi.json, from master/api_schema.py
     add_dashboard_routes(app, config.gateway_url)  # / and /dashboard/: the web page (master/dashboard)
     add_master_metrics(app)  # /metrics (master/metrics.py); after the admin jobs, whose figures it reads
     return app

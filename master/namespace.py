@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Row, bindparam, delete, func, insert, select,
 from sqlalchemy.exc import IntegrityError
 
 from dfs.errors import DfsError
-from dfs.names import PATH_MAX, split_path, validate_name
+from dfs.names import PATH_MAX, encoded, split_path, validate_name
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, ROOT_INODE, Attr
 from master import garbage
 from master.config import MasterConfig
@@ -108,7 +108,7 @@ def check_symlink_target(target: str) -> str:
         raise DfsError(errno.ENOENT, "a symlink target cannot be empty")
     if "\0" in target:
         raise DfsError(errno.EINVAL, "a symlink target may not contain NUL")
-    if len(target.encode("utf-8", "surrogateescape")) > PATH_MAX:
+    if len(encoded(target, "a symlink target")) > PATH_MAX:
         raise DfsError(errno.ENAMETOOLONG, f"symlink target is longer than {PATH_MAX} bytes")
     return target
 

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 from sqlalchemy import Connection, select, update
 
-from dfs.errors import DfsError
+from dfs.errors import DfsError, describe
 from dfs.jobs import Job, failsafe
 from master import garbage
 from master.config import MasterConfig
@@ -156,7 +156,7 @@ class LeaseRecovery(Job):
                 if resp.status != 200:
                     raise DfsError.from_json(resp.status, body)
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError, DfsError) as exc:
-            log.warning("chunk %d v%d: recovery on server %d failed: %s", chunk_id, version, chosen, exc)
+            log.warning("chunk %d v%d: recovery on server %d failed: %s", chunk_id, version, chosen, describe(exc))
             return False
         others = [sid for sid in held if sid != chosen]
 

@@ -8,6 +8,7 @@ import time
 from sqlalchemy import Connection, delete, func, insert, select, update
 
 from dfs.errors import DfsError
+from dfs.names import encoded
 from master.db import Database
 from master.namespace import get_inode
 from master.permissions import ROOT, Caller, check_xattr, visible_xattr
@@ -28,7 +29,7 @@ class Xattrs:
             raise DfsError(errno.EINVAL, "an extended attribute name cannot be empty")
         if "\0" in name:
             raise DfsError(errno.EINVAL, "an extended attribute name may not contain NUL")
-        if len(name.encode("utf-8", "surrogateescape")) > XATTR_NAME_MAX:
+        if len(encoded(name, "an extended attribute name")) > XATTR_NAME_MAX:
             raise DfsError(errno.ERANGE, f"extended attribute name longer than {XATTR_NAME_MAX} bytes")
         return name
 

@@ -40,6 +40,7 @@ from dfs.gateway.conditional import (
 from dfs.gateway.keys import MAX_UPLOAD
 from dfs.gateway.metrics import DOWNLOADED_BYTES
 from dfs.gateway.paths import PREFIX, fs_path, other_path
+from dfs.limits import LIST_DEFAULT, LIST_MAX
 from dfs.metrics import name_operation, operation_of
 from dfs.names import validate_name
 from dfs.protocol import MAX_GOAL, STREAM_SLICE, Attr
@@ -47,8 +48,6 @@ from dfs.web import Params
 
 log = logging.getLogger("dfs.gateway")
 
-LIST_DEFAULT = 1000
-LIST_MAX = 10000
 
 
 # ---- JSON shapes ---------------------------------------------------------------------------------
@@ -106,7 +105,7 @@ async def get(request: web.Request) -> web.StreamResponse:
 async def _listing(request: web.Request, path: str, attr: Attr) -> web.Response:
     params = Params(request.query)
     limit = params.int("limit", LIST_DEFAULT, minimum=1, maximum=LIST_MAX)
-    after = params.str("after", None, max_length=1024)
+    after = params.str("after", None, max_length=1024) or None  # "?after=" starts at the beginning
     if after is not None:
         validate_name(after)
     reply = await client_of(request).master.call("readdir", inode=attr.inode, after=after, limit=limit)

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from dfs.limits import LIST_DEFAULT, LIST_MAX
 from dfs.protocol import MAX_GOAL
 
 
@@ -31,9 +32,10 @@ def _header(name: str, description: str) -> dict[str, Any]:
 
 PATH_PARAM: dict[str, Any] = {
     "name": "path", "in": "path", "required": True,
-    "description": "File-system path below the root; may contain '/'. Percent-decoded once; '.', '..', "
-                   "NUL and names over 255 bytes are refused with 400.",
-    "schema": {"type": "string"}, "example": "photos/2024/cat.jpg",
+    "description": "File-system path below the root: names separated by literal '/' (photos/2024/cat.jpg). "
+                   "Each name is percent-decoded once; '.', '..', NUL, an encoded '/' (%2F), an empty name "
+                   "('//') and names over 255 bytes are refused with 400.",
+    "schema": {"type": "string"}, "example": "cat.jpg",
 }
 
 GOAL = _query("goal", "Replication goal of the new file(s) (default: the cluster's).",
@@ -75,16 +77,17 @@ FS_OPERATIONS: dict[str, Any] = {
             _header("If-Modified-Since", "HTTP date; a file not modified since answers 304."),
             _header("If-Range", "ETag or date; the Range applies only while it still matches."),
             _query("limit", "Folder listing: entries per page.",
-                   {"type": "integer", "minimum": 1, "maximum": 10000, "default": 1000}),
-            _query("after", "Folder listing: start after this name (the previous page's `next`).",
-                   {"type": "string"}),
+                   {"type": "integer", "minimum": 1, "maximum": LIST_MAX, "default": LIST_DEFAULT}),
+            _query("after", "Folder listing: start after this name (the previous page's `next`); "
+                            "empty: from the start.", {"type": "string", "maxLength": 1024}),
         ],
         "responses": {
             "200": {
-                "description": "The file's bytes, or a folder listing.",
+                "description": "The file's bytes (Content-Type guessed from the name, else "
+                               "application/octet-stream), or a folder listing (JSON).",
                 "headers": FILE_HEADERS,
                 "content": {
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "*/*": {"schema": {"type": "string", "format": "binary"}},
                     "application/json": {"schema": {"$ref": "#/components/schemas/Listing"}},
                 },
             },
@@ -92,7 +95,7 @@ FS_OPERATIONS: dict[str, Any] = {
                 "description": "The requested byte range of the file.",
                 "headers": {**FILE_HEADERS, "Content-Range": {"description": "bytes a-b/size",
                                                                 "schema": {"type": "string"}}},
-                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
             },
             "304": {"description": "Not modified (If-None-Match / If-Modified-Since).", "headers": FILE_HEADERS},
             **COMMON_ERRORS,
@@ -108,6 +111,7 @@ FS_OPERATIONS: dict[str, Any] = {
             "200": {"description": "Headers of the file (or folder listing).", "headers": FILE_HEADERS},
             "206": {"description": "Headers of the range.", "headers": FILE_HEADERS},
             "304": {"description": "Not modified."},
+            "400": {"description": "Bad path or parameter."},
             "404": {"description": "No such file or folder."},
             "416": {"description": "Range not satisfiable."},
         },
