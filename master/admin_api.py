@@ -23,6 +23,7 @@ from dfs.protocol import MAX_GOAL
 from dfs.web import Params, background, read_json
 from master import admin, api_schema
 from master.api_schema import MAX_MOVES
+from master.auth import keys_create, keys_list, keys_revoke
 from master.balance import Balancer
 from master.decommission import Decommissioner
 from master.fsck import Fsck
@@ -139,6 +140,7 @@ ROUTES: dict[str, tuple[Route, bool]] = {
     "balance/start": (r_balance_start, False), "balance/stop": (r_balance_stop, False),
     "decommission": (r_decommission, False), "decommission/status": (r_decommission_status, True),
     "decommission/cancel": (r_decommission_cancel, False), "recommission": (r_recommission, False),
+    "keys": (keys_list, True), "keys/create": (keys_create, False), "keys/revoke": (keys_revoke, False),
 }
 
 

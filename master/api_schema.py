@@ -16,6 +16,7 @@ from dfs.apispec import Field, Fields, array, boolean, integer, number, obj, req
 from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, MAX_LIST_ITEMS, UID_MAX
 from dfs.names import CLUSTER_PATH_MAX, NAME_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, Attr
+from master.keys import SCOPES
 from master.servers import BAD_PROBLEMS
 from master.xattrs import XATTR_SIZE_MAX
 
@@ -87,12 +88,16 @@ OPS: dict[str, Op] = {
                        pattern="^/", too_large=errno.ENAMETOOLONG),
         "follow": boolean(False, "Follow a symlink in the last component.")}, WITH_ATTR),
     "lookup": Op("An entry of a folder", {"parent": inode(), "name": name()}, WITH_ATTR),
-    "getattr": Op("Attributes of an inode", {"inode": inode()}, WITH_ATTR),
+    "getattr": Op("Attributes of an inode", {
+        "inode": inode(), "access": integer(0, 7, default=0, description="R_OK|W_OK|X_OK to check, as access(2).")},
+        WITH_ATTR),
     "setattr": Op("Change mode, owner, size or times", {
         "inode": inode(), "mode": integer(0, 0o7777, description="Permission bits."),
         "uid": integer(0, UID_MAX), "gid": integer(0, UID_MAX),
         "size": SIZE,
-        "atime_ns": TIME, "mtime_ns": TIME}, WITH_ATTR),
+        "atime_ns": TIME, "mtime_ns": TIME,
+        "atime_now": boolean(False, "Set atime to now (UTIME_NOW: write permission is enough)."),
+        "mtime_now": boolean(False, "Set mtime to now (UTIME_NOW).")}, WITH_ATTR),
     "mkdir": Op("Make a folder", {"parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o755),
                                 "uid": ID, "gid": ID}, WITH_ATTR),
     "create": Op("Create a file (or a special file with S_IF* bits in mode)", {
@@ -173,6 +178,14 @@ ADMIN: dict[str, Op] = {
     "decommission/status": Op("Drains in progress", {}),
     "decommission/cancel": Op("Stop draining a chunkserver", {"node": NODE}),
     "recommission": Op("Put a drained chunkserver back in service", {"node": NODE}),
+    "keys": Op("Access keys (never their secrets)", {}),
+    "keys/create": Op("Make an access key; the reply is the only time the key is shown", {
+        "name": string(64, required=True, min_length=1, description="Unique among keys in force."),
+        "uid": integer(0, UID_MAX, required=True), "gid": integer(0, UID_MAX, required=True),
+        "groups": array(integer(0, UID_MAX), 1000, "Supplementary groups."),
+        "scope": string(16, default="rw", enum=SCOPES),
+        "expires": number(0, 2.0**40, description="Seconds since the epoch; absent: never.")}),
+    "keys/revoke": Op("Revoke an access key at once", {"name": string(64, required=True, min_length=1)}),
 }
 
 # -- the document -----------------------------------------------------------------------------------------------
@@ -195,6 +208,7 @@ def _error(description: str) -> dict[str, Any]:
 
 ERRORS: dict[str, Any] = {
     "400": _error("Bad request: malformed JSON, a wrong type, a value out of bounds (EINVAL, ENAMETOOLONG)."),
+    "401": _error("No access key, or one not in force (ENOKEY, EKEYREJECTED, EKEYEXPIRED, EKEYREVOKED)."),
     "403": _error("Not permitted (EPERM, EACCES)."),
     "404": _error("No such entry (ENOENT, ENODATA)."),
     "409": _error("Conflict (EEXIST, ENOTEMPTY, ENOTDIR, EISDIR, EBUSY, ...)."),
@@ -229,6 +243,10 @@ def openapi_document(readable_admin: frozenset[str]) -> dict[str, Any]:
         if name in readable_admin:
             paths[f"/api/admin/{name}"]["get"] = _operation(op_id + "_get", op, body=False)
     paths["/api/status"] = {"get": _operation("status", Op("Servers, counts, repair and recovery", {}), body=False)}
+    whoami = Op("The caller's key (never its secret) and the identity it acts as", {})
+    paths["/api/whoami"] = {"get": _operation("whoami_get", whoami, body=False), "post": _operation("whoami", whoami)}
+    paths["/api/dashboard"] = {"get": _operation("dashboard", Op("Settings of the web dashboard", {}, reply(
+        gateway_url={"type": "string", "nullable": True})), body=False)}
     paths["/health"] = {"get": {"operationId": "health", "summary": "Liveness", "responses": {"200": {
         "description": "Up.", "content": {"application/json": {"schema": {
             "type": "object", "required": ["status", "service"],
@@ -245,5 +263,8 @@ def openapi_document(readable_admin: frozenset[str]) -> dict[str, Any]:
                                 "\"...\"} with the matching status. Unknown fields are ignored; null means "
                                 "absent."},
         "paths": paths,
-        "components": {"schemas": {"Error": ERROR_SCHEMA, "Attr": ATTR_SCHEMA}},
+        "components": {"schemas": {"Error": ERROR_SCHEMA, "Attr": ATTR_SCHEMA},
+                       "securitySchemes": {"accessKey": {"type": "http", "scheme": "bearer",
+                                                         "description": "An access key: dfs_<id>_<secret>"}}},
+        "security": [{"accessKey": []}],
     }

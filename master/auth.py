@@ -13,14 +13,13 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from dfs.auth import identity_from_headers, key_from_headers
 from dfs.errors import DfsError
-from dfs.web import Handler, Params, json_error, read_json
+from dfs.web import Handler, Params, json_error
 from master.keys import RANK, SCOPES, KeyRecord, KeyStore
 from master.permissions import ROOT, Caller
 
@@ -107,40 +106,23 @@ async def whoami(request: web.Request) -> web.Response:
     })
 
 
-def _expires(p: Params) -> float | None:
-    value = p.data.get("expires")
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise DfsError(errno.EINVAL, "'expires' must be a time in seconds since the epoch")
-    return float(value)
+# /api/admin/keys...: routes of master/admin_api.py ROUTES (fields declared in master/api_schema.py ADMIN)
 
-
-async def keys_create(request: web.Request, p: Params) -> dict[str, Any]:
-    groups = p.int_list("groups", [], max_items=1000)
-    record, key = await request.app[KEYS].create(
-        str(p.str("name", max_length=64)), int(p.int("uid", minimum=0, maximum=2**32)),
-        int(p.int("gid", minimum=0, maximum=2**32)), groups, str(p.str("scope", "rw", max_length=16)), _expires(p))
+async def keys_create(app: web.Application, _: Any, p: Params) -> dict[str, Any]:
+    expires = p.data.get("expires")  # a number, checked against the table
+    record, key = await app[KEYS].create(str(p.str("name")), int(p.int("uid")), int(p.int("gid")),
+                                         p.int_list("groups", []), str(p.str("scope", "rw")),
+                                         None if expires is None else float(expires))
     return {**record.to_json(), "key": key}
 
 
-async def keys_list(request: web.Request, p: Params) -> dict[str, Any]:
+async def keys_list(app: web.Application, _: Any, p: Params) -> dict[str, Any]:
     now = time.time()
-    return {"keys": [record.to_json(now) for record in request.app[KEYS].list()], "scopes": list(SCOPES)}
+    return {"keys": [record.to_json(now) for record in app[KEYS].list()], "scopes": list(SCOPES)}
 
 
-async def keys_revoke(request: web.Request, p: Params) -> dict[str, Any]:
-    return (await request.app[KEYS].revoke(str(p.str("name", max_length=64)))).to_json()
-
-
-def _json_route(route: Callable[[web.Request, Params], Awaitable[dict[str, Any]]]) -> Handler:
-    async def handle(request: web.Request) -> web.Response:
-        params = Params(request.query) if request.method == "GET" else await read_json(request)
-        if KEYS not in request.app:
-            raise DfsError(errno.EAGAIN, "the master is starting")
-        return web.json_response(await route(request, params))
-
-    return handle
+async def keys_revoke(app: web.Application, _: Any, p: Params) -> dict[str, Any]:
+    return (await app[KEYS].revoke(str(p.str("name")))).to_json()
 
 
 def add_auth(app: web.Application, insecure: bool) -> None:
@@ -148,7 +130,3 @@ def add_auth(app: web.Application, insecure: bool) -> None:
     app[INSECURE] = insecure
     app.router.add_get("/api/whoami", whoami)
     app.router.add_post("/api/whoami", whoami)
-    app.router.add_post("/api/admin/keys/create", _json_route(keys_create))
-    app.router.add_get("/api/admin/keys", _json_route(keys_list))
-    app.router.add_post("/api/admin/keys", _json_route(keys_list))
-    app.router.add_post("/api/admin/keys/revoke", _json_route(keys_revoke))

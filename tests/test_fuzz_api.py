@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import pytest
 
+from dfs.auth import auth_headers
 from tests.harness import Cluster, http_json
 
 pytestmark = pytest.mark.timeout(600)
@@ -29,8 +30,8 @@ EXCLUDED_PATHS = ("/api/cs/register", "/api/cs/heartbeat", "/api/cs/goodbye", "/
 
 
 def request_headers(cluster: Cluster) -> Mapping[str, str]:
-    """Headers sent with every fuzzed request: the one place for credentials (e.g. an access key)."""
-    return {}
+    """Headers sent with every fuzzed request: the one place for credentials (the cluster's admin key)."""
+    return auth_headers(cluster.admin_key)
 
 
 def schemathesis(url: str, cluster: Cluster) -> subprocess.CompletedProcess[str]:

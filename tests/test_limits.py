@@ -16,18 +16,21 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from dfs.apispec import checked
+from dfs.auth import auth_headers
 from dfs.errors import DfsError, describe
 from dfs.limits import LIST_MAX, MAX_HEADER_FIELD, MAX_HEADERS, MAX_JSON_DEPTH, MAX_REQUEST_LINE
+from dfs.tokens import ClusterKeys
 from dfs.web import Params, error_middleware
 from master import api_schema
 from master.app import create_app
 from master.config import MasterConfig
-from tests.harness import Cluster, http_json
+from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
 
 
 def send(url: str, raw: bytes, method: str = "POST", headers: dict[str, str] | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url, data=raw, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+                                     headers={"Content-Type": "application/json", **auth_headers(TEST_ADMIN_KEY),
+                                              **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, response.read()
@@ -63,7 +66,8 @@ def assert_refused(result: tuple[int, Any], status: int, *words: str) -> None:
                          ids=["arrays", "objects", "just-too-deep"])
 def test_deep_json_is_a_400(cluster: Cluster, raw: bytes) -> None:
     assert_refused(send(cluster.master_url + "/api/lookup", raw), 400, "nested deeper")
-    assert_refused(send(cluster.chunkservers[0].url + "/chunks/1/replicate", raw), 400)
+    token = cluster.token_header("replicate", 1, 1)  # a good token: the body itself is what is refused
+    assert_refused(send(cluster.chunkservers[0].url + "/chunks/1/replicate", raw, headers=token), 400)
 
 
 @pytest.mark.parametrize(("op", "body", "words"), [
@@ -92,7 +96,12 @@ def test_deep_json_is_a_400(cluster: Cluster, raw: bytes) -> None:
     ("admin/decommission", {"node": 1}, "'node' must be a string"),
 ])
 def test_wrong_types_and_bounds_are_400(cluster: Cluster, op: str, body: dict[str, Any], words: str) -> None:
-    assert_refused(http_json("POST", f"{cluster.master_url}/api/{op}", body), 400, words)
+    if op.startswith("cs/"):  # signed as a chunkserver would: the body itself is what is refused
+        raw = json.dumps(body).encode()
+        signed = ClusterKeys.from_join_token(cluster.join_token()).sign_request("POST", f"/api/{op}", raw)
+        assert_refused(send(f"{cluster.master_url}/api/{op}", raw, headers=signed), 400, words)
+    else:
+        assert_refused(http_json("POST", f"{cluster.master_url}/api/{op}", body), 400, words)
 
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"42", b"null", b"\xff\xfe", b"{", b"NaN"])
@@ -151,7 +160,8 @@ def test_oversized_or_malformed_requests_are_400_and_logged_quietly(cluster: Clu
 def test_a_request_line_of_a_long_encoded_path_fits(cluster: Cluster) -> None:
     assert cluster.gateway is not None
     path = "/".join(["%C3%A9" * 100] * 7)  # 700 two-byte characters, 4200 bytes encoded
-    status, _ = raw_http(cluster.gateway.url, f"GET /fs/{path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    auth = f"Authorization: Bearer {TEST_ADMIN_KEY}\r\n"
+    status, _ = raw_http(cluster.gateway.url, f"GET /fs/{path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")
     assert status == 404
 
 
@@ -195,7 +205,7 @@ def test_the_document_describes_every_route(cluster: Cluster, tmp_path: Path) ->
     assert status == 200 and doc["openapi"].startswith("3.")
     paths = doc["paths"]
     assert {f"/api/{op}" for op in api_schema.OPS} | {f"/api/admin/{op}" for op in api_schema.ADMIN} \
-        | {"/api/status", "/health", "/openapi.json"} == set(paths)
+        | {"/api/status", "/api/whoami", "/api/dashboard", "/health", "/openapi.json"} == set(paths)
     routes = {(r.method.lower(), r.resource.canonical) for r in create_app(MasterConfig(tmp_path)).router.routes()
               if r.resource is not None and r.resource.canonical.startswith(("/api/", "/health", "/openapi"))}
     documented = {(method, path) for path, item in paths.items() for method in item}
@@ -242,6 +252,7 @@ def test_gateway_refuses_encoded_separators_and_empty_names(cluster: Cluster, ta
     assert cluster.gateway is not None
     for method in ("GET", "PUT", "DELETE"):
         status, body = raw_http(cluster.gateway.url, f"{method} {target} HTTP/1.1\r\nHost: x\r\n"
+                                                     f"Authorization: Bearer {TEST_ADMIN_KEY}\r\n"
                                                      "Content-Length: 0\r\nConnection: close\r\n\r\n")
         assert status == 400 and json.loads(body)["error"] == "EINVAL", (method, target, status, body)
 

@@ -50,6 +50,8 @@ FILE_HEADERS: dict[str, Any] = {
 
 COMMON_ERRORS: dict[str, Any] = {
     "400": _error("Bad path, name or parameter (EINVAL, ENAMETOOLONG)."),
+    "401": _error("No access key, or one not in force (ENOKEY, EKEYREJECTED, EKEYEXPIRED, EKEYREVOKED)."),
+    "403": _error("The key's user may not do this (EACCES, EPERM), or its scope is too low."),
     "404": _error("No such file or folder (ENOENT)."),
     "409": _error("Conflict: EISDIR, ENOTDIR, ENOTEMPTY, EEXIST, EBUSY."),
     "500": _error("Internal error."),
@@ -112,6 +114,8 @@ FS_OPERATIONS: dict[str, Any] = {
             "206": {"description": "Headers of the range.", "headers": FILE_HEADERS},
             "304": {"description": "Not modified."},
             "400": {"description": "Bad path or parameter."},
+            "401": {"description": "No access key, or one not in force."},
+            "403": {"description": "Not permitted."},
             "404": {"description": "No such file or folder."},
             "416": {"description": "Range not satisfiable."},
         },
@@ -219,7 +223,12 @@ OPENAPI: dict[str, Any] = {
                                   "content": {"application/json": {"schema": {"type": "object"}}}}},
         }},
     },
+    "security": [{"accessKey": []}, {"basicKey": []}],
     "components": {
+        "securitySchemes": {
+            "accessKey": {"type": "http", "scheme": "bearer", "description": "An access key: dfs_<id>_<secret>"},
+            "basicKey": {"type": "http", "scheme": "basic", "description": "Any user name, the access key as password"},
+        },
         "schemas": {
             "Error": {
                 "type": "object", "required": ["error", "message"],
