@@ -1,13 +1,17 @@
 """The master's web dashboard (master/dashboard): its HTTP face, and the page in Debian's headless Chromium.
 
 The browser tests drive /usr/bin/chromium with Playwright (its Python package ships the driver; no
-browser is ever downloaded): the page loads without console errors, lists the live chunkservers, browses
-to a file whose download link (on the gateway) returns its bytes, and shows a running balance's progress.
-A screenshot is written to artifacts/dashboard.png at the repository's root.
+browser is ever downloaded): without a key the page shows only its sign-in panel; signed in with the
+admin key it loads without console errors, lists the live chunkservers, browses to a file whose download
+link (on the gateway, which asks for the key by basic auth) returns its bytes, and shows a running
+balance's progress. A wrong key keeps the panel with an error; an rw key browses files and is told that
+the cluster's status needs an admin key. Screenshots are written to artifacts/ at the repository's root:
+dashboard.png (signed in as admin), dashboard-signin.png (a refused key), dashboard-rw.png (an rw key).
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -22,8 +26,9 @@ from urllib.parse import quote
 
 import pytest
 
+from dfs.auth import auth_headers
 from master.dashboard import ASSETS
-from tests.harness import Cluster, http_json
+from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -58,8 +63,13 @@ def raw_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[
         return err.code, {k.lower(): v for k, v in err.headers.items()}, err.read()
 
 
+def basic_auth(key: str, user: str = "me") -> dict[str, str]:
+    """What a browser sends once its user typed the key as the password of the gateway's Basic prompt."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()}
+
+
 def put(url: str, data: bytes) -> None:
-    req = urllib.request.Request(url, data=data, method="PUT")
+    req = urllib.request.Request(url, data=data, method="PUT", headers=auth_headers(TEST_ADMIN_KEY))
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert resp.status in (200, 201), resp.status
 
@@ -136,7 +146,7 @@ def test_master_refuses_a_bad_gateway_url(tmp_path: Path) -> None:
 class Browser:
     """A fresh headless Chromium profile with one page; console errors and failed requests are kept."""
 
-    def __init__(self) -> None:
+    def __init__(self, http_credentials: dict[str, str] | None = None) -> None:
         from playwright.sync_api import sync_playwright
 
         self.profile = tempfile.mkdtemp(prefix="dfs-chromium-")
@@ -144,7 +154,7 @@ class Browser:
         try:
             self.context = self.pw.chromium.launch_persistent_context(
                 self.profile, executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-                viewport={"width": 1360, "height": 900})
+                viewport={"width": 1360, "height": 900}, http_credentials=http_credentials)  # type: ignore[arg-type]
         except BaseException:
             self.pw.stop()
             raise
@@ -153,6 +163,17 @@ class Browser:
         self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
         self.page.on("pageerror", lambda e: self.problems.append(f"page error: {e}"))
         self.page.on("requestfailed", lambda r: self.problems.append(f"request failed: {r.url} {r.failure}"))
+
+    def sign_in(self, key: str) -> None:
+        """Type `key` into the sign-in panel, as a user would."""
+        self.page.locator("#signin").wait_for(state="visible", timeout=WAIT_MS)
+        self.page.fill("#signin-key", key)
+        self.page.click("#signin-button")
+
+    def stored(self) -> dict[str, Any]:
+        """Where the page keeps things: session and local storage, cookies."""
+        return {"session": self.page.evaluate("() => ({...sessionStorage})"),
+                "local": self.page.evaluate("() => ({...localStorage})"), "cookies": self.context.cookies()}
 
     def close(self) -> None:
         try:
@@ -182,21 +203,48 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.stop()
 
 
+@pytest.fixture
+def gateway_browser(cluster: Cluster) -> Iterator[Browser]:
+    """A browser whose user answers the gateway's password prompt with the admin key (any user name)."""
+    assert cluster.gateway is not None and cluster.admin_key
+    b = Browser({"username": "me", "password": cluster.admin_key, "origin": cluster.gateway.url})
+    try:
+        yield b
+    finally:
+        b.close()
+
+
 @needs_chromium
-def test_dashboard_in_chromium(cluster: Cluster, browser: Browser) -> None:
-    assert cluster.gateway is not None
-    gateway = cluster.gateway.url
+def test_dashboard_in_chromium(cluster: Cluster, gateway_browser: Browser) -> None:
+    assert cluster.gateway is not None and cluster.admin_key
+    browser, key, gateway = gateway_browser, cluster.admin_key, cluster.gateway.url
     data = os.urandom(5 * 1024 * 1024 + 12345)  # six chunks, goal 3
     status, _ = http_json("POST", fs_url(gateway, FOLDER) + "?op=mkdir")
     assert status in (200, 201)
     put(fs_url(gateway, FOLDER, HOSTILE), data)
     put(fs_url(gateway, "notes.txt"), b"hello\n")
     page = browser.page
+    api_calls: list[str] = []
+    page.on("request", lambda r: "/api/" in r.url and api_calls.append(r.url))
 
+    # no key yet: the sign-in panel, and no data nor any call for it
     page.goto(cluster.master_url + "/")
     assert page.url == cluster.master_url + "/dashboard/"
+    page.locator("#signin").wait_for(state="visible", timeout=WAIT_MS)
+    assert page.locator("#main").is_hidden() and page.locator("#who").is_hidden()
+    assert page.locator("#signin-key").get_attribute("type") == "password"
+    assert "DATA/admin.key" in page.inner_text("#signin") and "dfs admin keys create" in page.inner_text("#signin")
+    assert page.locator("#nodes-body tr").count() == 0 and page.locator("#files-body tr").count() == 0
+    assert api_calls == []
+
+    browser.sign_in(key)
     page.wait_for_function("() => document.querySelectorAll('#nodes-body tr[data-state=live]').length === 3",
                            timeout=WAIT_MS)
+    assert page.locator("#signin").is_hidden()
+    assert page.inner_text("#who-name") == "admin (admin)"
+    # the key is kept for this tab only: not in local storage, a cookie or the URL
+    assert browser.stored() == {"session": {"dfs.dashboard.key": key}, "local": {}, "cookies": []}
+    assert key not in page.url
     rows = page.locator("#nodes-body tr").all_inner_texts()
     for cs in cluster.chunkservers:
         assert any(cs.url in row and "live" in row for row in rows), (cs.url, rows)
@@ -204,6 +252,7 @@ def test_dashboard_in_chromium(cluster: Cluster, browser: Browser) -> None:
     page.wait_for_function("() => document.getElementById('sum-files').textContent === '2'", timeout=WAIT_MS)
     assert page.inner_text("#health-badge") == "healthy"
     assert page.locator("#activity").is_hidden()  # no job runs
+    assert page.locator("#cluster-denied").is_hidden()
 
     # the file browser: the root, then the folder, then the file's download link on the gateway
     page.locator("#files-body tr[data-name='notes.txt']").wait_for(timeout=WAIT_MS)
@@ -214,10 +263,24 @@ def test_dashboard_in_chromium(cluster: Cluster, browser: Browser) -> None:
     assert HOSTILE in row.locator("td.name").inner_text()
     assert page.locator("#crumbs").inner_text().replace("\n", "") == "/" + FOLDER
     assert page.locator("#gateway-note").is_hidden()
+    assert "your access key as the password" in page.inner_text("#download-note")
     href = row.locator("a.download").get_attribute("href")
     assert href == fs_url(gateway, FOLDER, HOSTILE), href
-    answer = page.request.get(href)
-    assert answer.status == 200 and answer.body() == data
+    # a plain link carries no key: the gateway asks for one, Basic in a header of its own (the browser's
+    # password prompt; a browser does not read a Basic challenge after Bearer in one header), and asks
+    # again for a key the master refuses (the user mistyped it)...
+    for wrong in ({}, basic_auth("dfs_0123456789abcdef_" + "x" * 43)):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(href, headers=wrong), timeout=10)
+        assert refused.value.code == 401
+        assert 'Basic realm="dfs"' in refused.value.headers.get_all("WWW-Authenticate"), refused.value.headers
+    # ...and serves the file to the key given as the password (or as a Bearer token)
+    assert raw_get(href, basic_auth(key))[::2] == (200, data)
+    assert raw_get(href, auth_headers(key))[::2] == (200, data)
+    # in the browser, whose user answers the prompt with the key: the link's file arrives whole
+    with page.expect_download(timeout=WAIT_MS) as started:
+        row.locator("a.download").click()
+    assert Path(started.value.path()).read_bytes() == data
 
     # a balance onto a new, empty chunkserver, throttled to about 6 s per 1 MiB move, shows its progress
     cluster.add_chunkserver()
@@ -240,7 +303,60 @@ def test_dashboard_in_chromium(cluster: Cluster, browser: Browser) -> None:
         assert shot.stat().st_size > 10_000
     finally:
         http_json("POST", cluster.master_url + "/api/admin/balance/stop", {})
+
+    # signing out forgets the key and every figure
+    page.click("#sign-out")
+    page.locator("#signin").wait_for(state="visible", timeout=WAIT_MS)
+    assert page.locator("#main").is_hidden() and page.locator("#who").is_hidden()
+    assert page.locator("#nodes-body tr").count() == 0 and page.locator("#files-body tr").count() == 0
+    assert browser.stored()["session"] == {}
     assert browser.problems == []
+
+
+@needs_chromium
+def test_sign_in_refusals(cluster: Cluster, browser: Browser) -> None:
+    """A wrong key keeps the panel with the master's reason; an rw key browses files but is told that
+    the cluster's status needs an admin key; a key revoked meanwhile sends the page back to the panel."""
+    assert cluster.gateway is not None
+    put(fs_url(cluster.gateway.url, "for-everyone.txt"), b"hi\n")
+    page = browser.page
+    admin_calls: list[str] = []
+    page.on("request", lambda r: "/api/admin/" in r.url and admin_calls.append(r.url))
+    page.goto(cluster.master_url + "/dashboard/")
+
+    browser.sign_in("dfs_0123456789abcdef_" + "x" * 43)
+    page.locator("#signin-error").wait_for(state="visible", timeout=WAIT_MS)
+    assert "refused this key (EKEYREJECTED" in page.inner_text("#signin-error")
+    assert page.locator("#signin").is_visible() and page.locator("#main").is_hidden()
+    assert browser.stored()["session"] == {}
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-signin.png"))
+
+    browser.sign_in("not a key")  # refused by the page itself: nothing is sent
+    page.wait_for_function("() => document.getElementById('signin-error').textContent.includes('not an access key')",
+                           timeout=WAIT_MS)
+    assert page.locator("#main").is_hidden()
+
+    rw = cluster.create_key("dash-rw", 1000, 1000, "rw")
+    browser.sign_in(rw)
+    page.locator("#files-body tr[data-name='for-everyone.txt']").wait_for(timeout=WAIT_MS)
+    denied = page.inner_text("#cluster-denied")
+    assert "may not read the cluster status: an admin key is needed" in denied, denied
+    assert page.inner_text("#who-name") == "dash-rw (rw)"
+    for section in ("#summary", "#health", "#nodes", "#activity", "#health-badge", "#error-banner"):
+        assert page.locator(section).is_hidden(), section
+    assert page.locator("#files-body tr[data-name='for-everyone.txt'] a.download").count() == 1
+    assert admin_calls == []  # the page knew the key's scope: no call it would be refused
+    page.screenshot(path=str(ARTIFACTS / "dashboard-rw.png"))
+
+    status, _ = http_json("POST", cluster.master_url + "/api/admin/keys/revoke", {"name": "dash-rw"})
+    assert status == 200
+    page.reload()
+    page.locator("#signin-error").wait_for(state="visible", timeout=WAIT_MS)
+    assert "EKEYREVOKED" in page.inner_text("#signin-error")
+    assert page.locator("#main").is_hidden() and browser.stored()["session"] == {}
+    # the only complaints are Chromium's notes of the two refused sign-ins
+    assert browser.problems and all("status of 401" in p for p in browser.problems), browser.problems
 
 
 @needs_chromium
@@ -250,6 +366,8 @@ def test_without_gateway_the_browser_still_browses(bare_master: Cluster, browser
     assert status == 200
     page = browser.page
     page.goto(bare_master.master_url + "/dashboard/#/")
+    assert bare_master.admin_key
+    browser.sign_in(bare_master.admin_key)
     page.locator("#files-body tr[data-name='empty.txt']").wait_for(timeout=WAIT_MS)
     assert page.locator("#gateway-note").is_visible()
     assert "need an HTTP gateway" in page.inner_text("#gateway-note")

@@ -5,7 +5,9 @@ this module as package data) that polls the master's JSON APIs from the browser.
     GET /dashboard/       the page; /dashboard/<asset> its script, style sheet and icon
     GET /api/dashboard    {"gateway_url": URL or null}: where the page's download links point
 
-No build step and no external URL: the page works offline, served by the master alone. File data never
+The files are public; the JSON calls need an access key (master/auth.py), which the page asks for in a
+sign-in panel and keeps in the tab's sessionStorage (app.js). No build step and no external URL: the
+page works offline, served by the master alone. File data never
 passes through the master: download links point at the HTTP gateway named by `dfs master --gateway-url`.
 Assets are read once at start and served with an ETag and `Cache-Control: no-cache` (the browser
 revalidates each load and gets 304 while the master's version is unchanged), and a Content-Security-Policy

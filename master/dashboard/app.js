@@ -17,6 +17,14 @@ const S_IFLNK = 0o120000;
 
 const $ = (id) => document.getElementById(id);
 
+// The access key lives in this tab's sessionStorage only (never localStorage, a cookie or a URL): it
+// is gone when the tab closes, and api() sends it to this master alone, as `Authorization: Bearer`.
+const KEY_ITEM = "dfs.dashboard.key";
+// Keys read dfs_<id>_<secret>; anything outside printable ASCII could not even go into a header.
+const KEY_SHAPE = /^[\x21-\x7e]{1,512}$/;
+// `session` counts sign-ins and sign-outs: an answer to a call of an earlier one is dropped.
+const auth = { key: sessionStorage.getItem(KEY_ITEM), signedIn: false, session: 0, admin: false };
+
 // -- helpers ---------------------------------------------------------------------------------------
 
 /** A new element; string children become text nodes, props are set as properties. */
@@ -35,10 +43,25 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
-async function api(path, body) {
-  const init = body === undefined
-    ? { cache: "no-store" }
-    : { method: "POST", cache: "no-store", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+/** An answer other than 2xx; `status` 0 for a call made before the last sign-out (its answer is dropped). */
+class ApiError extends Error {
+  constructor(message, status, reason) {
+    super(message);
+    this.status = status;
+    this.reason = reason;
+  }
+}
+
+/** A JSON call to this master with the access key (`Authorization: Bearer`): GET, or POST with `body`. */
+async function api(path, body, key = auth.key) {
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  const init = { cache: "no-store", headers };
+  if (body !== undefined) {
+    init.method = "POST";
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const session = auth.session;
   const resp = await fetch(path, init);
   let data = null;
   try {
@@ -46,9 +69,13 @@ async function api(path, body) {
   } catch {
     data = null;
   }
+  if (session !== auth.session) throw new ApiError(`${path}: signed out meanwhile`, 0, "signed out");
   if (!resp.ok) {
     const why = data && data.message ? `${data.error}: ${data.message}` : `HTTP ${resp.status}`;
-    throw new Error(`${path}: ${why}`);
+    if (resp.status === 401 && auth.signedIn && key === auth.key) {
+      signOut(`The master no longer accepts this key (${why}). Sign in again.`);
+    }
+    throw new ApiError(`${path}: ${why}`, resp.status, why);
   }
   return data;
 }
@@ -267,9 +294,22 @@ function renderDecommissions(drains) {
 let refreshing = false;
 let timer = null;
 
+const CLUSTER_SECTIONS = ["summary", "activity", "health", "nodes"];
+
+/** The cluster's panels need an admin key; the file browser works with any key. */
+function denyCluster(message) {
+  auth.admin = false;
+  clearTimeout(timer);
+  for (const id of CLUSTER_SECTIONS) $(id).hidden = true;
+  $("health-badge").hidden = true;
+  const note = $("cluster-denied");
+  note.textContent = message;
+  note.hidden = false;
+}
+
 /** Fetch everything and render it, then schedule the next round (none while the tab is hidden). */
 async function refresh() {
-  if (refreshing) return;
+  if (refreshing || !auth.signedIn || !auth.admin) return;
   refreshing = true;
   clearTimeout(timer);
   const started = performance.now();
@@ -282,15 +322,23 @@ async function refresh() {
     renderNodes(nodes.nodes, plain.servers);
     const jobs = [renderBalance(balance), renderDecommissions(st.decommissions)];
     $("activity").hidden = !jobs.some(Boolean);
+    $("health-badge").hidden = false;
     $("error-banner").hidden = true;
     setText("updated", `updated ${dateTime(Date.now()).slice(11)}`);
   } catch (err) {
+    if (err.status === 0 || err.status === 401) return; // signed out meanwhile, or just now
+    if (err.status === 403) {
+      denyCluster(`This key may not read the cluster status: an admin key is needed (${err.reason}).`);
+      return;
+    }
     const banner = $("error-banner");
     banner.textContent = `The master did not answer (${err.message}); retrying every ${REFRESH_MS / 1000} s.`;
     banner.hidden = false;
   } finally {
     refreshing = false;
-    if (!document.hidden) timer = setTimeout(refresh, Math.max(REFRESH_MS, BACKOFF * (performance.now() - started)));
+    if (auth.signedIn && auth.admin && !document.hidden) {
+      timer = setTimeout(refresh, Math.max(REFRESH_MS, BACKOFF * (performance.now() - started)));
+    }
   }
 }
 
@@ -364,6 +412,7 @@ async function loadMore() {
 }
 
 async function openFolder() {
+  if (!auth.signedIn) return;
   const path = pathFromHash();
   renderCrumbs(path);
   $("files-body").replaceChildren();
@@ -380,39 +429,143 @@ async function openFolder() {
     listing = { path, inode: attr.inode, next: null, generation };
     await loadMore();
   } catch (err) {
-    if (listing.generation !== generation) return;
+    if (listing.generation !== generation || err.status === 0 || err.status === 401) return;
     error.textContent = `Cannot list ${path}: ${err.message}`;
     error.hidden = false;
   }
 }
 
 async function loadConfig() {
+  let why = "Downloads need an HTTP gateway: start the master with --gateway-url URL of a running "
+    + "`dfs gateway` (make run does). Browsing works without one.";
   try {
     gatewayUrl = (await api("../api/dashboard")).gateway_url;
-  } catch {
+  } catch (err) {
     gatewayUrl = null;
+    if (err.status === 0) return;
+    why = `No download links: the gateway's address is not known (${err.message}).`;
   }
   const note = $("gateway-note");
   note.hidden = Boolean(gatewayUrl);
-  note.textContent = "Downloads need an HTTP gateway: start the master with --gateway-url URL of a running "
-    + "`dfs gateway` (make run does). Browsing works without one.";
+  note.textContent = why;
+  $("download-note").hidden = !gatewayUrl;
+}
+
+// -- signing in ------------------------------------------------------------------------------------------
+
+// The page as served, before any data: signing out puts it back, so nothing of the last key stays.
+let pristineMain = null;
+
+/** No key (or a refused one): the sign-in panel, and nothing of the cluster. */
+function showSignIn(message) {
+  auth.signedIn = false;
+  auth.admin = false;
+  auth.session += 1;
+  clearTimeout(timer);
+  listing = { path: "/", inode: null, next: null, generation: listing.generation + 1 };
+  $("main").replaceWith(pristineMain.cloneNode(true));
+  $("footer").hidden = true;
+  $("who").hidden = true;
+  $("health-badge").hidden = true;
+  $("error-banner").hidden = true;
+  setText("updated", "");
+  const error = $("signin-error");
+  error.textContent = message || "";
+  error.hidden = !message;
+  $("signin").hidden = false;
+  $("signin-button").disabled = false;
+  $("signin-key").focus();
+}
+
+function signOut(message) {
+  auth.key = null;
+  sessionStorage.removeItem(KEY_ITEM);
+  showSignIn(message);
+}
+
+/** Signed in (`who`: the answer of /api/whoami): the dashboard, with the cluster's panels for an admin key. */
+function enter(who) {
+  auth.signedIn = true;
+  auth.session += 1;
+  auth.admin = who.scope === "admin";
+  $("signin").hidden = true;
+  $("signin-error").hidden = true;
+  $("main").hidden = false;
+  $("footer").hidden = false;
+  setText("who-name", who.key ? `${who.key.name} (${who.scope})` : "no key: the master is --insecure");
+  $("sign-out").hidden = !who.key;
+  $("who").hidden = false;
+  if (!auth.admin) {
+    denyCluster(`This key ("${who.key.name}", scope ${who.scope}) may not read the cluster status: an admin key `
+      + "is needed. The file browser below works with it.");
+  }
+  loadConfig().then(openFolder);
+  refresh();
+}
+
+/** Check `key` with /api/whoami; kept (sessionStorage) and used only when the master accepts it. */
+async function signIn(key) {
+  $("signin-button").disabled = true;
+  let who;
+  try {
+    who = await api("../api/whoami", undefined, key);
+  } catch (err) {
+    const refused = err.status === 401 || err.status === 403;
+    signOut(refused ? `The master refused this key (${err.reason}).` : `Cannot sign in: ${err.message}`);
+    return;
+  }
+  auth.key = key;
+  sessionStorage.setItem(KEY_ITEM, key);
+  enter(who);
+}
+
+/** A master started with --insecure needs no key: its public /health says so. */
+async function insecureMaster() {
+  try {
+    const resp = await fetch("../health", { cache: "no-store" });
+    return resp.ok && (await resp.json()).insecure === true;
+  } catch {
+    return false;
+  }
+}
+
+function onSignInSubmit(event) {
+  event.preventDefault(); // nothing is ever posted (the CSP says form-action 'none')
+  const input = $("signin-key");
+  const key = input.value.trim();
+  input.value = "";
+  if (!KEY_SHAPE.test(key)) {
+    showSignIn("That is not an access key: keys read dfs_<id>_<secret>, in printable ASCII without spaces.");
+    return;
+  }
+  signIn(key);
 }
 
 // -- start ---------------------------------------------------------------------------------------------
 
 async function start() {
-  await loadConfig();
+  pristineMain = $("main").cloneNode(true);
+  $("signin-form").addEventListener("submit", onSignInSubmit);
+  $("sign-out").addEventListener("click", () => signOut(""));
   window.addEventListener("hashchange", openFolder);
-  $("reload").addEventListener("click", openFolder);
-  $("more").addEventListener("click", () => loadMore().catch((err) => {
-    $("browser-error").textContent = err.message;
-    $("browser-error").hidden = false;
-  }));
+  // the buttons inside <main> are new elements after each sign-out: one listener for all of them
+  document.addEventListener("click", (event) => {
+    if (!auth.signedIn || !(event.target instanceof Element)) return;
+    if (event.target.closest("#reload")) openFolder();
+    if (event.target.closest("#more")) {
+      loadMore().catch((err) => {
+        if (err.status === 0) return;
+        $("browser-error").textContent = err.message;
+        $("browser-error").hidden = false;
+      });
+    }
+  });
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden) refresh();
   });
-  openFolder();
-  await refresh();
+  if (auth.key) await signIn(auth.key);
+  else if (await insecureMaster()) enter({ key: null, scope: "admin" });
+  else showSignIn("");
 }
 
 start();
