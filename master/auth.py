@@ -32,7 +32,7 @@ PUBLIC_PATHS = {"/", "/health", "/metrics", "/openapi.json", "/api/cs/register",
 PUBLIC_PREFIX = "/dashboard/"
 #: Namespace and placement calls that change nothing: a read-only (ro) key may make them.
 READ_OPS = {"resolve", "lookup", "getattr", "readdir", "readlink", "statfs", "getxattr", "listxattr", "chunks",
-            "report", "status", "whoami"}
+            "report", "status", "whoami", "dashboard"}
 INSECURE_WARNING = ("INSECURE: --insecure is on: requests need no access key and act as root (or as whoever "
                     "they claim to be); never use it outside local experiments")
 
