@@ -117,6 +117,7 @@ class Cluster:
     base_port: int | None = None  # None: ephemeral ports (tests); else master, chunkservers from +1, gateway +80
     goal: int = 3
     master_args: list[str] = field(default_factory=list)
+    db_url: str | None = None  # the master's --db (None: SQLite in its data folder)
     chunkserver_args: list[str] = field(default_factory=list)  # given to every chunkserver
     master: Service | None = None
     chunkservers: list[Service] = field(default_factory=list)
@@ -137,7 +138,8 @@ class Cluster:
             data.mkdir(parents=True, exist_ok=True)
             self.master = Service("master", [
                 "master", "--data", str(data), "--listen", f"127.0.0.1:{port}",
-                "--chunk-size", str(self.chunk_size), "--goal", str(self.goal), *self.master_args,
+                "--chunk-size", str(self.chunk_size), "--goal", str(self.goal),
+                *(["--db", self.db_url] if self.db_url else []), *self.master_args,
             ], port, self.root / "master.log")
         self.master.start()
         self.master.wait_healthy()
@@ -197,6 +199,11 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{s.log()}" for s in self.services())
+
+    @property
+    def database_url(self) -> str:
+        """The master's metadata database (as `dfs master --db` takes it)."""
+        return self.db_url or f"sqlite+aiosqlite:///{self.root / 'master' / 'meta.db'}"
 
 
 def is_mounted(mountpoint: Path) -> bool:

@@ -44,13 +44,16 @@ log_level_option = click.option(
 @click.option("--repair-concurrency", envvar="DFS_REPAIR_CONCURRENCY", default=2, show_default=True,
               show_envvar=True, type=click.IntRange(1, 64),
               help="Copies one chunkserver takes part in at once (as source or target).")
+@click.option("--upgrade-db", is_flag=True, default=False,
+              help="Migrate the metadata database to this version's schema, then exit.")
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
                    dead_timeout: float, gc_grace: float, heartbeat_interval: float, maintenance_timeout: float,
-                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, log_level: str) -> None:
+                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, upgrade_db: bool,
+                   log_level: str) -> None:
     """Run the metadata master."""
     from master.config import MasterConfig
-    from master.service import run_master
+    from master.service import run_master, upgrade_database
 
     if chunk_size < 64 * 1024 or chunk_size % (64 * 1024):
         raise click.BadParameter("must be a multiple of 64KiB", param_hint="--chunk-size")
@@ -60,7 +63,7 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
                           heartbeat_interval=heartbeat_interval, maintenance_timeout=maintenance_timeout,
                           lease_seconds=lease_seconds, repair_bandwidth=repair_bandwidth,
                           repair_concurrency=repair_concurrency)
-    asyncio.run(run_master(config))
+    asyncio.run(upgrade_database(config) if upgrade_db else run_master(config))
 
 
 @click.command("chunkserver")
