@@ -44,7 +44,7 @@ def alembic_config(conn: Connection | None = None, extra_versions: Path | None =
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if extra_versions is not None:
-        config.set_main_option("version_path_separator", "os")
+        config.set_main_option("path_separator", "os")
         config.set_main_option("version_locations", f"{MIGRATIONS / 'versions'}:{extra_versions}")
     config.attributes["connection"] = conn
     return config
