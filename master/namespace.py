@@ -248,7 +248,7 @@ class Namespace:
             values = {"mode": stat.S_IFDIR | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 2, "goal": None}
             return self._new_entry(conn, parent, name, values)
 
-        return await self.db.run_write(txn, keys=(parent,))
+        return await self.db.run_write(txn)
 
     async def create(self, parent: int, name: str, mode: int, uid: int, gid: int, exclusive: bool,
                      goal: int | None = None, rdev: int = 0) -> tuple[Attr, bool]:
@@ -274,7 +274,7 @@ class Namespace:
                       "rdev": rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0}
             return self._new_entry(conn, parent, name, values), True
 
-        return await self.db.run_write(txn, keys=(parent,))
+        return await self.db.run_write(txn)
 
     async def symlink(self, parent: int, name: str, target: str, uid: int, gid: int) -> Attr:
         validate_name(name)
@@ -285,7 +285,7 @@ class Namespace:
                       "size": len(target.encode("utf-8", "surrogateescape")), "goal": self.config.goal}
             return self._new_entry(conn, parent, name, values)
 
-        return await self.db.run_write(txn, keys=(parent,))
+        return await self.db.run_write(txn)
 
     async def link(self, inode: int, new_parent: int, new_name: str) -> Attr:
         validate_name(new_name)
@@ -304,7 +304,7 @@ class Namespace:
             touch_dir(conn, new_parent, now)
             return to_attr(get_inode(conn, inode))
 
-        return await self.db.run_write(txn, keys=(new_parent,))
+        return await self.db.run_write(txn)
 
     # -- removal --------------------------------------------------------------------------------
 
@@ -358,7 +358,7 @@ class Namespace:
             touch_dir(conn, parent, now)
             return self._drop_link(conn, row, now, held)
 
-        self._forget(await self.db.run_write(txn, keys=(parent,)))
+        self._forget(await self.db.run_write(txn))
 
     async def rmdir(self, parent: int, name: str) -> None:
         validate_name(name)
@@ -374,7 +374,7 @@ class Namespace:
             self._drop_dir(conn, row)
             touch_dir(conn, parent, now, -1)
 
-        await self.db.run_write(txn, keys=(parent,))
+        await self.db.run_write(txn)
 
     def _inside(self, conn: Connection, ancestor: int, inode: int) -> bool:
         """True if directory `inode` is `ancestor` or lies under it."""
@@ -447,7 +447,7 @@ class Namespace:
                 touch_dir(conn, new_parent, now, moved)
             return deleted
 
-        self._forget(await self.db.run_write(txn, keys=(parent, new_parent)))
+        self._forget(await self.db.run_write(txn))
 
     def _exchange(self, conn: Connection, parent: int, name: str, src: Row[Any], new_parent: int,
                         new_name: str, dst: Row[Any]) -> None:
@@ -509,7 +509,7 @@ class Namespace:
             conn.execute(update(inodes).where(inodes.c.id == inode).values(**values))
             return to_attr(get_inode(conn, inode)), shrunk, tail
 
-        attr, shrunk, tail = await self.db.run_write(txn, keys=(inode,))
+        attr, shrunk, tail = await self.db.run_write(txn)
         if shrunk is not None:  # writers of the cut chunks must ask again
             self.leases.release(inode, first_index=shrunk // self.config.chunk_size)
         if tail is not None:
