@@ -15,11 +15,12 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
+from sqlalchemy.engine import make_url
 
 from master import migrate
 from master.schema import metadata
-from tests.harness import Cluster
-from tests.pgserver import fresh_database_url, sync_url
+from tests.harness import Cluster, http_json
+from tests.pgserver import backend, fresh_database_url, sync_url
 
 EXTRA_REVISION = '''
 import sqlalchemy as sa
@@ -150,3 +151,16 @@ def test_database_from_before_migrations_is_adopted(engine: Engine) -> None:
     with engine.begin() as conn:
         assert migrate.upgrade(conn) == (migrate.INITIAL, migrate.head())
     assert revision_of(engine) == migrate.head()
+
+
+@pytest.mark.skipif(backend() != "postgresql", reason="PostgreSQL only (DFS_TEST_DB=postgresql)")
+def test_master_runs_on_psycopg_too(tmp_path: Path, db_url: str) -> None:
+    url = make_url(db_url).set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    cluster = Cluster(root=tmp_path / "cluster", db_url=url)
+    try:
+        cluster.start(chunkservers=0, gateway=False)
+        assert http_json("POST", cluster.master_url + "/api/mkdir", {"parent": 1, "name": "d"})[0] == 200
+        assert http_json("POST", cluster.master_url + "/api/mkdir", {"parent": 1, "name": "d"})[0] == 409
+        assert http_json("POST", cluster.master_url + "/api/lookup", {"parent": 1, "name": "d"})[0] == 200
+    finally:
+        cluster.stop()
