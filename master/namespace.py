@@ -213,16 +213,14 @@ class Namespace:
 
     # -- creation -------------------------------------------------------------------------------
 
-    def _new_entry(self, conn: Connection, parent: int, name: str, values: dict[str, Any]) -> Attr:
-        """Insert an inode and its entry in directory `parent`, which must not have `name` yet.
-
-        The parent's update doubles as its check (no row updated: missing or not a directory), so
-        that a create costs four statements.
-        """
+    def _new_entry(self, conn: Connection, parent: int, name: str, values: dict[str, Any],
+                   looked: bool = False) -> Attr:
+        """Insert an inode and its entry in directory `parent`, which must not have `name` yet
+        (`looked`: the caller found no such entry in this transaction already)."""
         now = time.time_ns()
         is_dir = stat.S_ISDIR(values["mode"])
         folder = get_dir(conn, parent)  # raises ENOENT / ENOTDIR
-        if find_entry(conn, parent, name) is not None:
+        if not looked and find_entry(conn, parent, name) is not None:
             raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
         if folder.mode & stat.S_ISGID:  # a setgid folder hands its group (and, to folders, the bit) down
             values["gid"] = folder.gid
@@ -272,7 +270,7 @@ class Namespace:
             values = {"mode": kind | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 1,
                       "goal": goal,
                       "rdev": rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0}
-            return self._new_entry(conn, parent, name, values), True
+            return self._new_entry(conn, parent, name, values, looked=True), True
 
         return await self.db.run_write(txn)
 
