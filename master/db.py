@@ -52,7 +52,7 @@ _RETRY_STATES = {"40001", "40P01"}
 _RETRIES = 30
 READER_THREADS = 4
 #: Connections a PostgreSQL master keeps open per isolation level, and how many more it may open
-#: under load (at most 45 in all; PostgreSQL allows 100 by default).
+#: under load (at most 35 in all; PostgreSQL allows 100 by default).
 POOLS = {"SERIALIZABLE": 8, "REPEATABLE READ": 4, "AUTOCOMMIT": 8}
 POOL_OVERFLOW = 5
 

@@ -13,6 +13,7 @@ import random
 import stat
 from collections import Counter
 from collections.abc import Awaitable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +22,13 @@ from sqlalchemy import create_engine, text
 from dfs.client.client import Client
 from dfs.errors import DfsError
 from dfs.protocol import ROOT_INODE
+from master.config import MasterConfig
+from master.db import Database
+from master.leases import LeaseTable
+from master.namespace import Namespace
+from master.servers import Registry
 from tests.harness import Cluster
-from tests.pgserver import sync_url
+from tests.pgserver import backend, fresh_database_url, sync_url
 
 CLIENTS = 12
 
@@ -38,9 +44,9 @@ def master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.stop()
 
 
-def check_namespace(cluster: Cluster) -> list[str]:
+def check_namespace(where: Cluster | str) -> list[str]:
     """Every inode reachable exactly once from the root, link counts right; a list of problems."""
-    engine = create_engine(sync_url(cluster.database_url))
+    engine = create_engine(sync_url(where if isinstance(where, str) else where.database_url))
     try:
         with engine.connect() as db:
             inodes = {r[0]: (r[1], r[2]) for r in db.execute(text("SELECT id, mode, nlink FROM inodes"))}
@@ -211,3 +217,31 @@ async def test_namespace_storm_stays_consistent(master: Cluster) -> None:
     finally:
         await close(cs)
     assert check_namespace(master) == []
+
+
+@pytest.mark.skipif(backend() != "postgresql", reason="PostgreSQL only (DFS_TEST_DB=postgresql)")
+async def test_overlapping_writers_are_run_again_not_failed(tmp_path: Path) -> None:
+    """A master sends its writes one at a time; several processes on one database (here three
+    `Database` objects, each with its own write lock) overlap, fail each other's serialisation, and
+    are run again: every create of a distinct name succeeds, one create of a shared name wins."""
+    url = fresh_database_url()
+    assert url is not None
+    dbs = [Database(url) for _ in range(3)]
+    try:
+        for db in dbs:
+            await db.start(goal=1)
+        config = MasterConfig(data_dir=tmp_path)
+        spaces = [Namespace(db, config, Registry(db, config), LeaseTable(), lambda: None) for db in dbs]
+        folders = [(await spaces[0].mkdir(ROOT_INODE, f"w{i}", 0o755, 0, 0)).inode for i in range(3)]
+        mine = [space.create(folders[i], f"f{j}", 0o644, 0, 0, True)
+                for i, space in enumerate(spaces) for j in range(30)]
+        made, failed = await race(mine)
+        assert len(made) == 90 and not failed
+        for round_ in range(5):
+            made, failed = await race([space.create(ROOT_INODE, f"shared{round_}", 0o644, 0, 0, True)
+                                       for space in spaces for _ in range(3)])
+            assert len(made) == 1 and {e.errno for e in failed} == {errno.EEXIST}
+    finally:
+        for db in dbs:
+            await db.close()
+    assert check_namespace(url) == []
