@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean
+.PHONY: run test test-sqlite test-postgresql lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,9 +19,23 @@ fuse3:
 run: $(STAMP) fuse3
 	$(VENV)/bin/dfs dev-cluster --state .dfs-run --mount mnt
 
+# The suite on SQLite, then everything but the mount again with every master on PostgreSQL
+# (a throwaway server in a temporary folder: tests/pgserver.py).
+PG_PYTEST_ARGS ?= --ignore=tests/fuse
+PG_INITDB := $(wildcard /usr/lib/postgresql/*/bin/initdb)
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-postgresql
+
+test-sqlite: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+test-postgresql: $(STAMP)
+	@if [ -z "$(PG_INITDB)" ] && [ -z "$$DFS_TEST_PG_URL" ]; then \
+	  echo "PostgreSQL pass SKIPPED: no server binaries (apt-get install postgresql) and no DFS_TEST_PG_URL"; \
+	else DFS_TEST_DB=postgresql $(VENV)/bin/python -m pytest $(PG_PYTEST_ARGS); fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

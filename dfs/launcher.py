@@ -148,6 +148,7 @@ class Cluster:
     base_port: int | None = None  # None: ephemeral ports (tests); else master, chunkservers from +1, gateway +80
     goal: int = 3
     master_args: list[str] = field(default_factory=list)
+    db_url: str | None = None  # the master's --db (None: SQLite in its data folder)
     chunkserver_args: list[str] = field(default_factory=list)  # given to every chunkserver
     admin_key: str | None = None  # seeds DATA/admin.key on first start; then what the master keeps there
     master: Service | None = None
@@ -199,7 +200,7 @@ class Cluster:
             self.master = Service("master", [
                 "master", "--data", str(data), "--listen", f"127.0.0.1:{port}",
                 "--chunk-size", str(self.chunk_size), "--goal", str(self.goal), *gateway, *self._tls_args(),
-                *self.master_args,
+                *(["--db", self.db_url] if self.db_url else []), *self.master_args,
             ], port, self.root / "master.log", scheme=self.scheme)
         key_file = self.root / "master" / "admin.key"
         if self.admin_key and not key_file.exists():  # the master adopts a key it finds there
@@ -300,6 +301,11 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {s.name}\n{s.log()}" for s in self.services())
+
+    @property
+    def database_url(self) -> str:
+        """The master's metadata database (as `dfs master --db` takes it)."""
+        return self.db_url or f"sqlite+aiosqlite:///{self.root / 'master' / 'meta.db'}"
 
 
 def is_mounted(mountpoint: Path) -> bool:

@@ -267,6 +267,8 @@ async def op_report(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 
 def _url(p: Params) -> str:
     url = str(p.str("url", max_length=2048)).rstrip("/")
+    if "\0" in url:  # PostgreSQL text cannot hold NUL
+        raise DfsError(errno.EINVAL, "'url' may not contain NUL")
     if not url.startswith(("http://", "https://")):
         raise DfsError(errno.EINVAL, f"'url' must be an http(s) URL: {url!r}")
     return url
@@ -278,8 +280,8 @@ def _space(p: Params) -> tuple[int, int, int]:
 
 async def op_register(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     uuid = str(p.str("uuid", max_length=128))
-    if not uuid:
-        raise DfsError(errno.EINVAL, "'uuid' cannot be empty")
+    if not uuid or "\0" in uuid:
+        raise DfsError(errno.EINVAL, "'uuid' must be a non-empty string without NUL")
     report = [(_inode(c, "chunk_id"), int(c.int("version", minimum=0, maximum=INT64_MAX)),
                bool(c.bool("pending", False))) for c in _items(p, "chunks", MAX_REPORTED_CHUNKS)]
     return await m.registry.register(uuid, _url(p), *_space(p), report)

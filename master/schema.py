@@ -1,5 +1,7 @@
 """The master's tables (SQLAlchemy Core): the one description of the metadata schema.
 
+A change here needs a migration: `python -m master.migrate revision "what changes"` (master/migrate.py).
+
 Names (directory entries, symlink targets, xattr names) are stored as UTF-8 bytes encoded with
 `surrogateescape`, so that names which are not valid UTF-8 (FUSE hands them to us that way) survive,
 and so that every database sorts them the same way: bytewise, as `readdir` pages them.
@@ -158,9 +160,8 @@ access_keys = Table(
 )
 
 
-def create_tables(conn: Connection, goal: int) -> None:
-    """Create missing tables and the root directory (inode 1) on first start."""
-    metadata.create_all(conn)
+def create_root(conn: Connection, goal: int) -> None:
+    """Create the root directory (inode 1) in a new database; the tables come from master/migrate.py."""
     if conn.scalar(select(func.count()).select_from(inodes).where(inodes.c.id == ROOT_INODE)):
         return
     now = time.time_ns()

@@ -1,12 +1,19 @@
-"""`dfs master`: run the metadata master in the foreground until SIGINT/SIGTERM."""
+"""`dfs master`: run the metadata master in the foreground until SIGINT/SIGTERM, or (`--upgrade-db`)
+migrate its database to the newest schema revision and exit."""
 
 from __future__ import annotations
+
+import logging
 
 from dfs import tls
 from dfs.tokens import SecretError
 from dfs.web import serve
 from master.app import create_app
 from master.config import MasterConfig
+from master.db import Database
+from master.migrate import SchemaError
+
+log = logging.getLogger("master.service")
 
 
 async def run_master(config: MasterConfig) -> None:
@@ -17,4 +24,22 @@ async def run_master(config: MasterConfig) -> None:
             else None
     except (SecretError, tls.TlsError) as exc:
         raise SystemExit(f"dfs master: {exc}") from None
-    await serve(create_app(config), config.host, config.port, name="master", ssl_context=context)
+    try:
+        await serve(create_app(config), config.host, config.port, name="master", ssl_context=context)
+    except SchemaError as exc:  # one line for the operator, no traceback
+        log.error("%s", exc)
+        raise SystemExit(1) from None
+
+
+async def upgrade_database(config: MasterConfig) -> None:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(config.database_url)
+    try:
+        before, after = await db.upgrade()
+    finally:
+        await db.close()
+    where = db.url.render_as_string(hide_password=True)
+    if before == after:
+        log.info("metadata database %s is already at schema revision %s", where, after)
+    else:
+        log.info("metadata database %s upgraded from schema revision %s to %s", where, before or "(empty)", after)

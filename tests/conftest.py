@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from tests import pgserver
 from tests.harness import Cluster
+
+
+@pytest.fixture(scope="session", autouse=True)
+def metadata_backend() -> Iterator[pgserver.PgServer | None]:
+    """The throwaway PostgreSQL server when DFS_TEST_DB=postgresql (tests/pgserver.py), else None."""
+    with pgserver.session_backend() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,9 @@ chunks so that files cross chunk boundaries. Chunkservers need chunk tokens: `cs
 Access keys: every cluster of a test run starts with one admin key (TEST_ADMIN_KEY, seeded as the
 master's admin.key), which is also $DFS_KEY of this process and so of every CLI run, gateway and
 mount the tests start, and the default key of `http_json` and of the client library.
+
+With `DFS_TEST_DB=postgresql` every cluster's master gets a fresh database on the session's PostgreSQL
+server (tests/pgserver.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dfs import launcher
 from dfs.auth import KEY_ENV
 from dfs.launcher import STARTUP_TIMEOUT, Service, free_port, http_json, session_admin_key
 from dfs.tokens import ChunkTokens, ClusterKeys
+from tests.pgserver import fresh_database_url
 
 __all__ = ["STARTUP_TIMEOUT", "TEST_ADMIN_KEY", "Cluster", "Service", "cs_json", "free_port", "http_json",
            "request_token", "service_tokens"]
@@ -33,6 +37,11 @@ TEST_ADMIN_KEY = session_admin_key()
 class Cluster(launcher.Cluster):
     chunk_size: int = 1024 * 1024
     admin_key: str | None = TEST_ADMIN_KEY
+
+    def start_master(self) -> Service:
+        if self.master is None and self.db_url is None:
+            self.db_url = fresh_database_url()
+        return super().start_master()
 
 
 def request_token(tokens: ChunkTokens, method: str, url: str, body: Any = None) -> dict[str, str]:

@@ -143,6 +143,9 @@ def test_bad_requests(shared: Api) -> None:
     assert status == 404 and body["error"] == "ENOENT"
     status, body = http_json("GET", shared.url + "/api/getattr")
     assert status == 405
+    space = {"capacity": 1, "used": 0, "free": 1, "chunks": []}
+    assert shared.err("cs/register", uuid="a\0b", url="http://127.0.0.1:1", **space) == "EINVAL"
+    assert shared.err("cs/register", uuid="ab", url="http://127.0.0.1:1/\0", **space) == "EINVAL"
 
 
 # -- namespace ------------------------------------------------------------------------------------

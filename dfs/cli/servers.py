@@ -63,17 +63,19 @@ log_level_option = click.option(
               help="Public URL of the HTTP gateway: the dashboard's download links point there.")
 @click.option("--insecure", envvar="DFS_INSECURE", is_flag=True, show_envvar=True,
               help="Require no access keys: every caller acts as root. Local experiments only.")
+@click.option("--upgrade-db", is_flag=True, default=False,
+              help="Migrate the metadata database to this version's schema, then exit.")
 @tls_server_options
 @tls_ca_option
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
                    dead_timeout: float, gc_grace: float, heartbeat_interval: float, maintenance_timeout: float,
                    lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, secret_file: Path | None,
-                   token_lifetime: float, gateway_url: str | None, insecure: bool, tls_cert: Path | None,
-                   tls_key: Path | None, log_level: str) -> None:
+                   token_lifetime: float, gateway_url: str | None, insecure: bool, upgrade_db: bool,
+                   tls_cert: Path | None, tls_key: Path | None, log_level: str) -> None:
     """Run the metadata master."""
     from master.config import MasterConfig
-    from master.service import run_master
+    from master.service import run_master, upgrade_database
 
     if chunk_size < 64 * 1024 or chunk_size % (64 * 1024):
         raise click.BadParameter("must be a multiple of 64KiB", param_hint="--chunk-size")
@@ -86,7 +88,7 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
                           repair_concurrency=repair_concurrency, secret_file=secret_file,
                           token_lifetime=token_lifetime, tls_cert=tls_cert, tls_key=tls_key,
                           gateway_url=gateway_url, insecure=insecure)
-    asyncio.run(run_master(config))
+    asyncio.run(upgrade_database(config) if upgrade_db else run_master(config))
 
 
 @click.command("chunkserver")

@@ -9,14 +9,16 @@ chunkservers what they hold.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sqlalchemy import create_engine, text
+
 from dfs.client.sync import SyncClient
 from tests.harness import Cluster, Service, cs_json, http_json, service_tokens
+from tests.pgserver import sync_url
 
 MiB = 1024 * 1024
 T = TypeVar("T")
@@ -112,10 +114,6 @@ def flip(path: Path, offset: int, count: int = 16) -> None:
         f.write(bytes(b ^ 0xFF for b in data))
 
 
-def db_path(cluster: Cluster) -> Path:
-    return cluster.root / "master" / "meta.db"
-
-
 def check_placement(cluster: Cluster, *, live_only: bool = True) -> list[str]:
     """Consistency of the master's placement with the chunkservers; a list of problems (empty: fine).
 
@@ -124,15 +122,19 @@ def check_placement(cluster: Cluster, *, live_only: bool = True) -> list[str]:
       chunkserver really holds, complete, at that version.
     """
     problems: list[str] = []
-    with sqlite3.connect(f"file:{db_path(cluster)}?mode=ro", uri=True) as db:
-        orphans = db.execute("SELECT chunk_id, server_id FROM replicas WHERE chunk_id NOT IN "
-                             "(SELECT chunk_id FROM chunks)").fetchall()
-        problems += [f"replica of unknown chunk {c} on server {s}" for c, s in orphans]
-        homeless = db.execute("SELECT chunk_id FROM chunks WHERE inode NOT IN (SELECT id FROM inodes)").fetchall()
-        problems += [f"chunk {c} of a missing file" for (c,) in homeless]
-        rows = db.execute("SELECT c.chunk_id, c.version, r.server_id FROM chunks c LEFT JOIN replicas r "
-                          "ON r.chunk_id = c.chunk_id AND r.version = c.version").fetchall()
-        urls = dict(db.execute("SELECT id, url FROM servers").fetchall())
+    engine = create_engine(sync_url(cluster.database_url))
+    try:
+        with engine.connect() as db:
+            orphans = db.execute(text("SELECT chunk_id, server_id FROM replicas WHERE chunk_id NOT IN "
+                                      "(SELECT chunk_id FROM chunks)")).all()
+            problems += [f"replica of unknown chunk {c} on server {s}" for c, s in orphans]
+            homeless = db.execute(text("SELECT chunk_id FROM chunks WHERE inode NOT IN (SELECT id FROM inodes)")).all()
+            problems += [f"chunk {c} of a missing file" for (c,) in homeless]
+            rows = db.execute(text("SELECT c.chunk_id, c.version, r.server_id FROM chunks c LEFT JOIN replicas r "
+                                   "ON r.chunk_id = c.chunk_id AND r.version = c.version")).all()
+            urls = dict(db.execute(text("SELECT id, url FROM servers")).all())
+    finally:
+        engine.dispose()
     states = {s["id"]: s["state"] for s in status(cluster)["servers"]}
     holdings: dict[int, dict[int, dict[str, Any]]] = {}
     for sid, url in urls.items():
