@@ -86,14 +86,26 @@ def check_setattr(caller: Caller, row: Any, *, mode: int | None, uid: int | None
     if gid is not None and not (owner and (gid == row.gid or caller.in_group(gid))):
         raise DfsError(errno.EPERM, f"only the owner of inode {row.id}, into a group of theirs, may change its group")
     if mode is not None:
-        require_owner(caller, row, "change its mode")
-        if mode & stat.S_ISGID and not caller.in_group(row.gid if gid is None else gid):
-            mode &= ~stat.S_ISGID
+        if owner:
+            if mode & stat.S_ISGID and not caller.in_group(row.gid if gid is None else gid):
+                mode &= ~stat.S_ISGID
+        elif _kills_privileges(row.mode, mode):  # whoever may write the file may have its set-id bits dropped
+            require(caller, row, W_OK)
+        else:
+            require_owner(caller, row, "change its mode")
     if times_set:
         require_owner(caller, row, "set its times")
     if times_now and not owner:
         require(caller, row, W_OK)
     return mode
+
+
+def _kills_privileges(old: int, new: int) -> bool:
+    """`new` is `old` without some of S_ISUID/S_ISGID and nothing else: what the kernel asks of a FUSE
+    file system (a chmod as the writer) when someone other than the owner writes to a set-id file."""
+    old &= 0o7777
+    dropped = old & ~new
+    return bool(dropped) and new | dropped == old and not dropped & ~(stat.S_ISUID | stat.S_ISGID)
 
 
 def kill_suid(caller: Caller, mode: int) -> int | None:

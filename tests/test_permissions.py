@@ -173,6 +173,20 @@ def test_owner_only_changes(users: dict[str, SyncClient]) -> None:
     assert stat.S_IMODE(bob.getattr(inode).mode) == 0o755
 
 
+def test_a_writer_may_drop_set_id_bits_only(users: dict[str, SyncClient]) -> None:
+    """A write by another user makes the kernel ask a FUSE file system to drop S_ISUID/S_ISGID (a chmod
+    as the writer): allowed to whoever may write the file, and nothing more."""
+    root, alice, bob = users["root"], users["alice"], users["bob"]
+    write(alice, "/perm/setid", b"s", mode=0o666)
+    inode = alice.stat("/perm/setid").inode
+    root.setattr(inode, mode=0o6666)
+    assert code_of(bob.setattr, inode, mode=0o2644) == errno.EPERM  # more than set-id bits
+    bob.setattr(inode, mode=0o666)
+    assert stat.S_IMODE(bob.getattr(inode).mode) == 0o666
+    root.setattr(inode, mode=0o6644)  # bob may not write it: he may not drop the bits either
+    assert code_of(bob.setattr, inode, mode=0o644) == errno.EACCES
+
+
 def test_groups_count(users: dict[str, SyncClient]) -> None:
     root, bob = users["root"], users["bob"]
     write(root, "/perm/staff-only", b"staff", mode=0o640)
