@@ -25,6 +25,7 @@ from typing import Any
 import mfusepy
 from mfusepy import FuseOSError
 
+from dfs.client.channel import run_inline
 from dfs.client.client import Client
 from dfs.client.files import FileHandle
 from dfs.client.sync import LoopThread
@@ -72,7 +73,9 @@ class DfsOperations(mfusepy.Operations):
 
     def __init__(self, client: Client, loop: LoopThread, options: MountOptions, act_for_callers: bool = False) -> None:
         self.client = client  # calls as the mount itself: open files
-        self.callers = Callers(client, act_for_callers)  # calls as the process behind the request
+        client.open_channels()  # namespace calls go from the FUSE thread itself (dfs/client/channel.py)
+        self.inline = client.inline()
+        self.callers = Callers(self.inline, act_for_callers)  # calls as the process behind the request
         self.loop = loop
         self.options = options
         self.names = NameCache(min(options.attr_timeout, options.entry_timeout))
@@ -92,10 +95,16 @@ class DfsOperations(mfusepy.Operations):
     # ---- helpers ------------------------------------------------------------------------------
 
     def run(self, coro: Any) -> Any:
+        """Wait for `coro` on the client's event loop (file data, open files)."""
         return self.loop.run(coro)
 
+    @staticmethod
+    def meta(coro: Any) -> Any:
+        """Run a namespace call of an inline client (`_me()`, `self.inline`) here, in the FUSE thread."""
+        return run_inline(coro)
+
     def _me(self) -> Client:
-        """The client calling as the process behind this request (fuse/callers.py); FUSE thread only."""
+        """The inline client calling as the process behind this request (fuse/callers.py): for `meta`."""
         return self.callers.client()
 
     def _caller(self) -> tuple[int, int]:
@@ -123,7 +132,7 @@ class DfsOperations(mfusepy.Operations):
         if isinstance(cached, Attr):
             return cached
         try:
-            attr = self.run(self._me().stat(path, follow=False))
+            attr = self.meta(self._me().stat(path, follow=False))
         except DfsError as err:
             if err.errno == errno.ENOENT:
                 self.names.put_missing(path)
@@ -162,7 +171,7 @@ class DfsOperations(mfusepy.Operations):
             self.names.mark_complete(inode)
 
         try:
-            self.run(listing())
+            self.meta(listing())
         except DfsError as err:
             log.debug("could not list %s ahead: %s", folder, err.message)
 
@@ -268,12 +277,12 @@ class DfsOperations(mfusepy.Operations):
         if fh is not None and _fh(fh) in self._handles:
             inode = self._handles[_fh(fh)].inode
             if "size" in changes:  # ftruncate: the file was opened for writing, whatever its mode is now
-                client = self.client
+                client = self.inline
         elif path is not None:
             inode = self._attr(path).inode
         else:
             raise FuseOSError(errno.EBADF)
-        attr = self.run(client.setattr(inode, **changes))
+        attr = self.meta(client.setattr(inode, **changes))
         if attr.nlink > 1:
             self._other_names_changed(attr.inode, *([path] if path else []))
         if path is not None:
@@ -331,7 +340,7 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(path)
         uid, gid = self._caller()
-        attr = self.run(self._me().mkdir(parent, name, stat.S_IMODE(mode), uid=uid, gid=gid))
+        attr = self.meta(self._me().mkdir(parent, name, stat.S_IMODE(mode), uid=uid, gid=gid))
         self._entry_changed(path)
         self.names.put(path, attr)
         self.names.mark_complete(attr.inode)
@@ -342,7 +351,7 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(path)
         uid, gid = self._caller()
-        attr, _ = self.run(self._me().create(parent, name, mode, exclusive=True, uid=uid, gid=gid, rdev=dev))
+        attr, _ = self.meta(self._me().create(parent, name, mode, exclusive=True, uid=uid, gid=gid, rdev=dev))
         self._entry_changed(path)
         self.names.put(path, attr)
         return 0
@@ -353,14 +362,14 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(target)
         uid, gid = self._caller()
-        attr = self.run(self._me().symlink_entry(parent, name, source, uid=uid, gid=gid))
+        attr = self.meta(self._me().symlink_entry(parent, name, source, uid=uid, gid=gid))
         self._entry_changed(target)
         self.names.put(target, attr)
         return 0
 
     @fuse_op
     def readlink(self, path: str) -> str:
-        return self.run(self._me().readlink_inode(self._attr(path).inode))
+        return self.meta(self._me().readlink_inode(self._attr(path).inode))
 
     @fuse_op
     def link(self, target: str, source: str) -> int:
@@ -368,7 +377,7 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         inode = self._attr(source).inode
         parent, name = self._split(target)
-        attr = self.run(self._me().link(inode, parent, name))
+        attr = self.meta(self._me().link(inode, parent, name))
         self._entry_changed(target)
         self._other_names_changed(attr.inode, target)  # their nlink and ctime moved
         self._changed(target, attr)
@@ -389,7 +398,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         attr = self._attr(path)
         self._removals += 1
-        self.run(self._me().unlink(parent, name, held=self._held()))
+        self.meta(self._me().unlink(parent, name, held=self._held()))
         self._entry_changed(path)
         self.names.forget_path(path)
         self.names.put_missing(path)
@@ -402,7 +411,7 @@ class DfsOperations(mfusepy.Operations):
     def rmdir(self, path: str) -> int:
         self._check_writable()
         parent, name = self._split(path)
-        self.run(self._me().rmdir(parent, name))
+        self.meta(self._me().rmdir(parent, name))
         self._entry_changed(path)
         self.names.forget_tree(path)
         self.names.put_missing(path)
@@ -419,7 +428,7 @@ class DfsOperations(mfusepy.Operations):
         new_parent, new_name = self._split(new)
         moved, replaced = self.names.inode_of(old), self.names.inode_of(new)
         self._removals += 1
-        self.run(self._me().rename_entry(parent, name, new_parent, new_name, noreplace=bool(flags & RENAME_NOREPLACE),
+        self.meta(self._me().rename_entry(parent, name, new_parent, new_name, noreplace=bool(flags & RENAME_NOREPLACE),
                                           exchange=bool(flags & RENAME_EXCHANGE), held=self._held()))
         for path in (old, new):
             self._entry_changed(path)
@@ -469,7 +478,7 @@ class DfsOperations(mfusepy.Operations):
         async def listing() -> list[tuple[str, Attr]]:
             return [item async for item in client.readdir(inode)]
 
-        for name, attr in self.run(listing()):
+        for name, attr in self.meta(listing()):
             self.names.put(prefix + name, attr)
             entries.append((name, {"st_mode": attr.mode, "st_ino": attr.inode}, 0))
         self.names.mark_complete(inode)
@@ -484,7 +493,7 @@ class DfsOperations(mfusepy.Operations):
 
     @fuse_op
     def statfs(self, path: str) -> dict[str, int]:
-        info = self.run(self._me().statfs())
+        info = self.meta(self._me().statfs())
         block = 4096
         free = int(info.get("free", 0))
         return {
@@ -521,7 +530,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         exclusive = bool(fi.flags & os.O_EXCL) if fi is not None else True
-        attr, _ = self.run(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
+        attr, _ = self.meta(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
         self._entry_changed(path)
         self.names.put(path, attr)
         self._register(attr, fi)
@@ -537,7 +546,7 @@ class DfsOperations(mfusepy.Operations):
         # close-to-open: every open asks the master for fresh attributes, even while another handle
         # (or a release the kernel has not sent yet) keeps our open state of the file alive
         writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)  # reads: the kernel checked (and exec)
-        attr = self.run(self._me().getattr(inode, access=os.W_OK if writing else 0))
+        attr = self.meta(self._me().getattr(inode, access=os.W_OK if writing else 0))
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
         if existing is not None:
@@ -629,24 +638,24 @@ class DfsOperations(mfusepy.Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name.startswith(ACL_PREFIX):
             raise FuseOSError(errno.EOPNOTSUPP)
-        return self.run(self._me().getxattr(self._attr(path).inode, name))
+        return self.meta(self._me().getxattr(self._attr(path).inode, name))
 
     @fuse_op
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         self._check_writable()
         if name.startswith(ACL_PREFIX):  # no POSIX ACLs: tools such as cp -a then fall back to chmod
             raise FuseOSError(errno.EOPNOTSUPP)
-        self.run(self._me().setxattr(self._attr(path).inode, name, bytes(value), options))
+        self.meta(self._me().setxattr(self._attr(path).inode, name, bytes(value), options))
         self.names.forget_path(path)
         return 0
 
     @fuse_op
     def listxattr(self, path: str) -> list[str]:
-        return self.run(self._me().listxattr(self._attr(path).inode))
+        return self.meta(self._me().listxattr(self._attr(path).inode))
 
     @fuse_op
     def removexattr(self, path: str, name: str) -> int:
         self._check_writable()
-        self.run(self._me().removexattr(self._attr(path).inode, name))
+        self.meta(self._me().removexattr(self._attr(path).inode, name))
         self.names.forget_path(path)
         return 0

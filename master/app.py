@@ -40,6 +40,7 @@ from master import api_schema
 from master.admin_api import add_admin_routes, add_openapi
 from master.api_schema import MAX_REPORTED_CHUNKS
 from master.auth import INSECURE_WARNING, KEYS, add_auth, auth_middleware, caller_of
+from master.channel import add_channel
 from master.config import MasterConfig
 from master.dashboard import add_dashboard_routes
 from master.db import Database
@@ -416,6 +417,11 @@ def create_app(config: MasterConfig) -> web.Application:
     add_health(app, "master", lambda: {"chunk_size": config.chunk_size, **({"insecure": True} if config.insecure
                                                                            else {})})
     add_openapi(app)  # GET /openapi.json, from master/api_schema.py
+
+    async def dispatch(name: str, params: Params, caller: Caller) -> dict[str, Any]:
+        return await OPS[name](app[MASTER_KEY], params, caller)
+
+    add_channel(app, dispatch)  # GET /api/channel: the same calls over a WebSocket (master/channel.py)
     add_dashboard_routes(app, config.gateway_url)  # / and /dashboard/: the web page (master/dashboard)
     add_master_metrics(app)  # /metrics (master/metrics.py); after the admin jobs, whose figures it reads
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -32,7 +33,7 @@ PUBLIC_PATHS = {"/", "/health", "/metrics", "/openapi.json", "/api/cs/register",
 PUBLIC_PREFIX = "/dashboard/"
 #: Namespace and placement calls that change nothing: a read-only (ro) key may make them.
 READ_OPS = {"resolve", "lookup", "getattr", "readdir", "readlink", "statfs", "getxattr", "listxattr", "chunks",
-            "report", "status", "whoami", "dashboard"}
+            "report", "status", "whoami", "dashboard", "channel"}
 INSECURE_WARNING = ("INSECURE: --insecure is on: requests need no access key and act as root (or as whoever "
                     "they claim to be); never use it outside local experiments")
 
@@ -55,22 +56,24 @@ def caller_of(request: web.Request) -> Caller:
     return request.get(CALLER, ROOT)
 
 
-def _authenticate(request: web.Request) -> tuple[KeyRecord | None, Caller]:
-    key = key_from_headers(request.headers)
-    claimed = identity_from_headers(request.headers)
+def authenticate(app: web.Application, headers: Mapping[str, str], path: str) -> tuple[KeyRecord | None, Caller]:
+    """The key `headers` carry and the identity a request for `path` acts as (401/403 as DfsError);
+    for HTTP requests (`auth_middleware`) and the calls of a channel (master/channel.py) alike."""
+    key = key_from_headers(headers)
+    claimed = identity_from_headers(headers)
     record: KeyRecord | None = None
     if key is not None:
-        if KEYS not in request.app:
+        if KEYS not in app:
             raise DfsError(errno.EAGAIN, "the master is starting")
-        record = request.app[KEYS].verify(key)
-    elif not request.app[INSECURE]:
+        record = app[KEYS].verify(key)
+    elif not app[INSECURE]:
         raise DfsError(errno.ENOKEY, "an access key is required: send 'Authorization: Bearer <key>' "
                                      "(dfs admin keys create)")
     scope = record.scope if record else "admin"
-    need = required_scope(request.path)
+    need = required_scope(path)
     if RANK[scope] < RANK[need]:
         raise DfsError(errno.EACCES, f"access key {record.name if record else ''!r} has scope {scope}; "
-                                     f"{request.path} needs {need}")
+                                     f"{path} needs {need}")
     if claimed is None:
         return record, record.caller if record else ROOT
     if RANK[scope] < RANK["proxy"]:
@@ -85,7 +88,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIX):
         return await handler(request)
     try:
-        request[RECORD], request[CALLER] = _authenticate(request)
+        request[RECORD], request[CALLER] = authenticate(request.app, request.headers, request.path)
     except DfsError as err:
         response = json_error(err)
         if err.status == 401:

@@ -23,6 +23,7 @@ import aiohttp
 
 from dfs import tls
 from dfs.auth import auth_headers, find_key, identity_headers
+from dfs.client.channel import ChannelMaster, Channels
 from dfs.client.chunkio import READ_TIMEOUT, ChunkIO
 from dfs.client.files import FileHandle
 from dfs.client.rpc import MasterClient
@@ -58,6 +59,7 @@ class Client:
         self.umask = _umask()
         self.chunk_size = 0
         self._session: aiohttp.ClientSession | None = None
+        self.channels: Channels | None = None  # open_channels(): per-thread WebSockets for inline()
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -91,13 +93,35 @@ class Client:
         view._owner = False
         view._headers = headers
         view.uid, view.gid = uid, gid
-        view.master = MasterClient(self._session, self.master_url, self.retry_for, headers)
+        view.master = self._master_for(headers)
         view.chunkio = ChunkIO(self._session, view._report_bad, self.read_timeout)
         return view
+
+    def _master_for(self, headers: dict[str, str]) -> MasterClient:
+        if isinstance(self.master, ChannelMaster):  # a view of an inline view calls inline too
+            return ChannelMaster(self.master.channels, headers, self.retry_for)  # type: ignore[return-value]
+        assert self._session is not None
+        return MasterClient(self._session, self.master_url, self.retry_for, headers)
 
     def acting_for(self, uid: int, gid: int, groups: tuple[int, ...] = ()) -> Client:
         """This client calling for end user uid/gid/groups (a mount: needs a proxy or admin key)."""
         return self._view({**auth_headers(self.key), **identity_headers(uid, gid, groups)}, uid, gid)
+
+    def open_channels(self) -> None:
+        """Let `inline()` views call the master over per-thread WebSockets (dfs/client/channel.py)."""
+        if self.channels is None:
+            self.channels = Channels(self.master_url, auth_headers(self.key))
+
+    def inline(self) -> Client:
+        """This client (its key and identity) with a master that calls from the calling thread: its
+        namespace coroutines complete without the event loop (`run_inline`). Needs `open_channels()`."""
+        if self.channels is None:
+            raise RuntimeError("open_channels() first")
+        view = copy.copy(self)
+        view._owner = False
+        view.master = ChannelMaster(self.channels, self._headers, self.retry_for)  # type: ignore[assignment]
+        return view
+
 
     def with_key(self, key: str) -> Client:
         """This client calling with another access key (the gateway, for each of its callers)."""
@@ -110,6 +134,8 @@ class Client:
         return await self.master.call("whoami")
 
     async def close(self) -> None:
+        if self.channels is not None and self._owner:
+            self.channels.close()
         if self._session is not None and self._owner:
             await self._session.close()
             self._session = None

@@ -45,6 +45,30 @@ def tls_reason(exc: aiohttp.ClientSSLError) -> str:
     return str(getattr(inner, "reason", None) or inner or exc)
 
 
+class Backoff:
+    """Delays between tries of a call to the master: 50 ms doubling up to 1 s, for `retry_for` seconds."""
+
+    def __init__(self, retry_for: float) -> None:
+        self.deadline = time.monotonic() + retry_for
+        self.delay = 0.05
+
+    def next(self) -> float | None:
+        """The delay before the next try; None once the time is up."""
+        if time.monotonic() + self.delay > self.deadline:
+            return None
+        delay, self.delay = self.delay, min(self.delay * 2, 1.0)
+        return delay
+
+
+def unreachable(url: str, exc: BaseException) -> DfsError:
+    return DfsError(errno.EIO, f"master at {url} unreachable: {exc or type(exc).__name__}")
+
+
+def tls_failure(url: str, reason: str) -> DfsError:
+    return DfsError(errno.EIO, f"TLS with the master at {url} failed: {reason} "
+                               f"(is --tls-ca / {tls.CA_ENV} the cluster's CA?)")
+
+
 class MasterClient:
     """`await master.call("lookup", parent=1, name="a")` -> the reply's JSON object.
 
@@ -76,28 +100,25 @@ class MasterClient:
         return await self._request("GET", "/health", None, "health")
 
     async def _request(self, method: str, path: str, fields: dict[str, Any] | None, op: str) -> dict[str, Any]:
-        deadline = time.monotonic() + self.retry_for
-        delay = 0.05
+        backoff = Backoff(self.retry_for)
         while True:
             try:
                 async with self.session.request(method, f"{self.url}{path}", json=fields,
                                                 headers=self.headers) as resp:
                     if resp.status >= 400:
                         err = await error_from_response(resp)
-                        if err.errno != errno.EAGAIN or time.monotonic() + delay > deadline:
+                        delay = backoff.next() if err.errno == errno.EAGAIN else None
+                        if delay is None:
                             raise err
                         log.debug("master %s not ready for %s (%s); retrying", self.url, op, err.message)
                         await asyncio.sleep(delay)
-                        delay = min(delay * 2, 1.0)
                         continue
                     return await resp.json(content_type=None)
             except aiohttp.ClientSSLError as exc:  # retrying cannot help: say so at once
-                raise DfsError(errno.EIO, f"TLS with the master at {self.url} failed: {tls_reason(exc)} "
-                               f"(is --tls-ca / {tls.CA_ENV} the cluster's CA?)") from None
+                raise tls_failure(self.url, tls_reason(exc)) from None
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                if time.monotonic() + delay > deadline:
-                    reason = exc or type(exc).__name__
-                    raise DfsError(errno.EIO, f"master at {self.url} unreachable: {reason}") from None
+                delay = backoff.next()
+                if delay is None:
+                    raise unreachable(self.url, exc) from None
                 log.debug("master %s unreachable for %s (%s); retrying", self.url, op, exc)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)

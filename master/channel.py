@@ -1,0 +1,96 @@
+"""`GET /api/channel`: the master's namespace calls over one WebSocket, for a client that makes many
+small calls one after the other (the mount: a FUSE thread per connection).
+
+Each text message is one call and gets one answer, in order:
+
+    -> {"id": 7, "op": "lookup", "headers": {"Authorization": "Bearer ...", ...}, "body": {...}}
+    <- {"id": 7, "status": 200, "body": {...}}     (an error: its HTTP status and {"error", "message"})
+
+A call is checked as the same call over HTTP is: the key and identity its `headers` carry
+(master/auth.py), the op's request table (master/api_schema.py), then the same handler. What it
+saves is the HTTP request around it: a call costs the master a JSON decode instead of a request to
+parse and a response to build, and the client a frame on a socket it already holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from multidict import CIMultiDict
+
+from dfs.apispec import checked
+from dfs.errors import DfsError
+from dfs.metrics import REQUEST_SECONDS, REQUESTS
+from dfs.web import MAX_JSON_BODY, Params, parse_json
+from master import api_schema
+from master.auth import authenticate
+from master.permissions import Caller
+
+log = logging.getLogger("master.channel")
+
+PATH = "/api/channel"
+#: Calls a channel may not carry: the chunkservers' own (signed) calls.
+_REFUSED_PREFIX = "cs/"
+
+Dispatch = Callable[[str, Params, Caller], Awaitable[dict[str, Any]]]
+
+
+def _headers(value: Any) -> CIMultiDict[str]:
+    if value is None:
+        return CIMultiDict()
+    if not isinstance(value, dict) or len(value) > 32 or not all(
+            isinstance(k, str) and isinstance(v, str) and len(k) + len(v) <= 8192 for k, v in value.items()):
+        raise DfsError(errno.EINVAL, "'headers' must be an object of at most 32 short strings")
+    return CIMultiDict(value)
+
+
+async def answer(app: web.Application, raw: str, dispatch: Dispatch) -> str:
+    """The answer (a JSON text) to one call message."""
+    started = time.perf_counter()
+    call_id: int | None = None
+    op = "unmatched"
+    try:
+        message = parse_json(raw.encode("utf-8", "surrogatepass"))
+        call_id = message.int("id", minimum=0, maximum=2**53)
+        name = str(message.str("op", max_length=64))
+        if name not in api_schema.OPS or name.startswith(_REFUSED_PREFIX):
+            raise DfsError(errno.EINVAL, f"no such call on a channel: {name!r}")
+        op = f"/api/{name}"
+        _, caller = authenticate(app, _headers(message.data.get("headers")), op)
+        body = message.data.get("body")
+        if body is not None and not isinstance(body, dict):
+            raise DfsError(errno.EINVAL, "'body' must be a JSON object")
+        params = checked(Params(body or {}, typed=True), api_schema.OPS[name].fields)
+        reply: dict[str, Any] = {"id": call_id, "status": 200, "body": await dispatch(name, params, caller)}
+    except DfsError as err:
+        reply = {"id": call_id, "status": err.status, "body": err.to_json()}
+    except Exception:
+        log.exception("internal error on channel call %s", op)
+        reply = {"id": call_id, "status": 500, "body": {"error": "EIO", "message": "internal server error"}}
+    status = reply["status"]
+    REQUESTS.labels(op, "WS", f"{status // 100}xx").inc()
+    REQUEST_SECONDS.labels(op, "WS").observe(time.perf_counter() - started)
+    return json.dumps(reply)
+
+
+def add_channel(app: web.Application, dispatch: Dispatch) -> None:
+    """`GET /api/channel` (authenticated like any request: a key of any scope opens it)."""
+
+    async def channel(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=MAX_JSON_BODY, compress=False)
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type != WSMsgType.TEXT:
+                await ws.close(code=1003, message=b"text messages only")
+                break
+            await ws.send_str(await answer(request.app, message.data, dispatch))
+        return ws
+
+    app.router.add_get(PATH, channel)
+
