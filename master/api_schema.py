@@ -245,6 +245,11 @@ def openapi_document(readable_admin: frozenset[str]) -> dict[str, Any]:
     paths["/api/status"] = {"get": _operation("status", Op("Servers, counts, repair and recovery", {}), body=False)}
     whoami = Op("The caller's key (never its secret) and the identity it acts as", {})
     paths["/api/whoami"] = {"get": _operation("whoami_get", whoami, body=False), "post": _operation("whoami", whoami)}
+    paths["/api/channel"] = {"get": {
+        "operationId": "channel", "summary": "Upgrade to a WebSocket carrying namespace calls (docs/PROTOCOL.md)",
+        "responses": {"101": {"description": "Switching protocols: one JSON text message per call and answer."},
+                      "400": _error("Not a WebSocket upgrade (EINVAL)."),
+                      "401": ERRORS["401"], "403": ERRORS["403"]}}}
     paths["/api/dashboard"] = {"get": _operation("dashboard", Op("Settings of the web dashboard", {}, reply(
         gateway_url={"type": "string", "nullable": True})), body=False)}
     paths["/health"] = {"get": {"operationId": "health", "summary": "Liveness", "responses": {"200": {

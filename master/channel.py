@@ -18,10 +18,11 @@ import errno
 import json
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from multidict import CIMultiDict
 
 from dfs.apispec import checked
@@ -81,16 +82,26 @@ async def answer(app: web.Application, raw: str, dispatch: Dispatch) -> str:
 
 def add_channel(app: web.Application, dispatch: Dispatch) -> None:
     """`GET /api/channel` (authenticated like any request: a key of any scope opens it)."""
+    open_channels: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
 
     async def channel(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=MAX_JSON_BODY, compress=False)
+        if not ws.can_prepare(request).ok:
+            raise DfsError(errno.EINVAL, f"{PATH} is a WebSocket: send an Upgrade request (docs/PROTOCOL.md)")
         await ws.prepare(request)
+        open_channels.add(ws)
         async for message in ws:
             if message.type != WSMsgType.TEXT:
-                await ws.close(code=1003, message=b"text messages only")
+                await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text messages only")
                 break
             await ws.send_str(await answer(request.app, message.data, dispatch))
         return ws
 
+    async def close_channels(_: web.Application) -> None:
+        """On shutdown: idle channels would hold the server open until its shutdown timeout."""
+        for ws in list(open_channels):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"master stopping")
+
     app.router.add_get(PATH, channel)
+    app.on_shutdown.append(close_channels)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -161,5 +162,23 @@ def test_a_short_retry_ends_in_eio_when_the_master_is_gone(fresh_cluster: Cluste
         with pytest.raises(DfsError) as err:
             run_inline(inline.stat("/"))
         assert err.value.errno == errno.EIO and "unreachable" in err.value.message
+    finally:
+        loop.run(client.close())
+
+
+def test_the_master_stops_with_channels_open(fresh_cluster: Cluster, loop: LoopThread) -> None:
+    """Open channels are closed on shutdown: they do not hold the master until aiohttp gives up on them."""
+    fresh_cluster.start(chunkservers=1, gateway=False)
+    client = loop.run(Client(fresh_cluster.master_url, key=TEST_ADMIN_KEY, retry_for=1).start())
+    try:
+        client.open_channels()
+        run_inline(client.inline().stat("/"))  # a pooled, idle connection stays open
+        master = fresh_cluster.master
+        assert master is not None
+        master.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20  # aiohttp would wait its 60 s shutdown timeout for open handlers
+        while master.running and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not master.running, master.log()[-2000:]
     finally:
         loop.run(client.close())

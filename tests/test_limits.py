@@ -205,7 +205,7 @@ def test_the_document_describes_every_route(cluster: Cluster, tmp_path: Path) ->
     assert status == 200 and doc["openapi"].startswith("3.")
     paths = doc["paths"]
     assert {f"/api/{op}" for op in api_schema.OPS} | {f"/api/admin/{op}" for op in api_schema.ADMIN} \
-        | {"/api/status", "/api/whoami", "/api/dashboard", "/health", "/openapi.json"} == set(paths)
+        | {"/api/status", "/api/whoami", "/api/dashboard", "/api/channel", "/health", "/openapi.json"} == set(paths)
     routes = {(r.method.lower(), r.resource.canonical) for r in create_app(MasterConfig(tmp_path)).router.routes()
               if r.resource is not None and r.resource.canonical.startswith(("/api/", "/health", "/openapi"))}
     documented = {(method, path) for path, item in paths.items() for method in item}

@@ -46,6 +46,7 @@ def test_mount_metrics_follow_the_work(metered_mount: tuple[Cluster, Mount, str]
     with SyncClient(cluster.master_url) as fs:  # written elsewhere: reading it must go through the mount
         fs.upload("/elsewhere.bin", one_piece(data))
     before = scrape(url)
+    master_before = scrape(cluster.master_url + "/metrics")
     assert value(before, "dfs_fuse_memory_cap_bytes") == 256 * MiB
 
     (root / "folder").mkdir()
@@ -72,6 +73,10 @@ def test_mount_metrics_follow_the_work(metered_mount: tuple[Cluster, Mount, str]
     assert moved("dfs_fuse_bytes_total", direction="read") >= size
     assert moved("dfs_client_master_calls_total", operation="mkdir", result="ok") == 1
     assert moved("dfs_client_chunk_bytes_total", direction="written") >= size + 100_000
+    master_after = scrape(cluster.master_url + "/metrics")  # namespace calls came over the channel
+    for op in ("/api/mkdir", "/api/create"):
+        assert value(master_after, "dfs_http_requests_total", operation=op, method="WS") - value(
+            master_before, "dfs_http_requests_total", operation=op, method="WS") >= 1, op
 
     assert value(during, "dfs_fuse_open_files") >= 1
     assert value(during, "dfs_fuse_unsent_bytes") == 100_000
