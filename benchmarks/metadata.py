@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dfs.client.client import Client
-from dfs.launcher import Cluster
+from dfs.launcher import Cluster, session_admin_key
 from tests.pgserver import PgServer
 
 PHASES = ("create", "stat", "rename", "unlink")
@@ -86,7 +86,7 @@ def bench(backend: str, root: Path, files: int, count: int) -> dict[tuple[str, s
     if backend == "postgresql":
         server = PgServer(durable=True).start()
         db_url = server.create_database("dfs_bench")
-    cluster = Cluster(root=root / backend, db_url=db_url)
+    cluster = Cluster(root=root / backend, db_url=db_url, admin_key=session_admin_key())
     try:
         cluster.start(chunkservers=0, gateway=False)
         return asyncio.run(measure(cluster.master_url, files, count))
