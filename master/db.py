@@ -56,6 +56,7 @@ READER_THREADS = 4
 #: under load (at most 35 in all; PostgreSQL allows 100 by default).
 POOLS = {"SERIALIZABLE": 8, "REPEATABLE READ": 4, "AUTOCOMMIT": 8}
 POOL_OVERFLOW = 5
+_BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")}
 
 
 def _retryable(exc: DBAPIError) -> bool:
@@ -88,6 +89,7 @@ class Database:
             self._memory = memory
             self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="db-read")
             self._conn: Connection | None = None  # the event loop's own connection
+            self._conn_begin: str | None = None  # the dfs_begin it has now
         else:
             self._writer = asyncio.Lock()
             # One engine (and pool) per isolation level: switching a pooled connection's level costs
@@ -110,7 +112,8 @@ class Database:
         def on_begin(conn: Connection) -> None:
             mode = conn.get_execution_options().get("dfs_begin", "DEFERRED")
             if mode:  # "": autocommit, for a single statement that needs no snapshot
-                conn.exec_driver_sql(f"BEGIN {mode}")
+                # On the driver's connection: through exec_driver_sql it cost 20 µs more a transaction.
+                conn.connection.dbapi_connection.execute(_BEGIN[mode])  # type: ignore[union-attr]
 
     async def start(self, goal: int) -> None:
         """Check the schema's revision (SchemaError if it is not the newest), create the schema and the
@@ -146,11 +149,14 @@ class Database:
 
     def _inline_txn(self, fn: Txn[T], begin: str) -> T:
         """On the event loop, on its own connection: no other transaction can run meanwhile."""
-        assert self.sync_engine is not None
-        if self._conn is None:
-            self._conn = self.sync_engine.connect()
         conn = self._conn
-        conn.execution_options(dfs_begin=begin)
+        if conn is None:
+            assert self.sync_engine is not None
+            conn = self._conn = self.sync_engine.connect()
+            self._conn_begin = None
+        if self._conn_begin != begin:  # costs a few µs: only when it changes
+            conn.execution_options(dfs_begin=begin)
+            self._conn_begin = begin
         with conn.begin():
             return fn(conn)
 

@@ -8,23 +8,35 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import Connection, and_, delete, insert, literal, select, tuple_
+from sqlalchemy import Connection, Float, and_, bindparam, delete, insert, select, tuple_
 
+from master.prepared import Prepared
 from master.schema import chunks, garbage, replicas
 
 _BATCH = 500
 
 
+_DOOMED = (chunks.c.inode == bindparam("inode"), chunks.c.idx >= bindparam("first"))
+_doomed_ids = select(chunks.c.chunk_id).where(*_DOOMED)
+_ANY_DOOMED = Prepared(select(chunks.c.chunk_id).where(*_DOOMED).limit(1))
+_QUEUE_DOOMED = Prepared(insert(garbage).from_select(
+    ["chunk_id", "server_id", "version", "not_before"],
+    select(replicas.c.chunk_id, replicas.c.server_id, replicas.c.version, bindparam("not_before", type_=Float))
+    .where(replicas.c.chunk_id.in_(_doomed_ids)),
+))
+_FORGET_DOOMED_REPLICAS = Prepared(delete(replicas).where(replicas.c.chunk_id.in_(_doomed_ids)))
+_FORGET_DOOMED = Prepared(delete(chunks).where(*_DOOMED))
+
+
 def delete_file_chunks(conn: Connection, inode: int, first_index: int, not_before: float) -> None:
-    """Forget the chunks of `inode` at slots >= first_index; queue every replica of them."""
-    doomed = select(chunks.c.chunk_id).where(chunks.c.inode == inode, chunks.c.idx >= first_index)
-    conn.execute(insert(garbage).from_select(
-  ["chunk_id", "server_id", "version", "not_before"],
-  select(replicas.c.chunk_id, replicas.c.server_id, replicas.c.version, literal(not_before))
-  .where(replicas.c.chunk_id.in_(doomed)),
-    ))
-    conn.execute(delete(replicas).where(replicas.c.chunk_id.in_(doomed)))
-    conn.execute(delete(chunks).where(chunks.c.inode == inode, chunks.c.idx >= first_index))
+    """Forget the chunks of `inode` at slots >= first_index; queue every replica of them. A file
+    without such chunks (a new empty file: most of those an unlink removes) costs one lookup."""
+    params = {"inode": inode, "first": first_index, "not_before": not_before}
+    if _ANY_DOOMED.first(conn, params) is None:
+        return
+    _QUEUE_DOOMED.run(conn, params)
+    _FORGET_DOOMED_REPLICAS.run(conn, params)
+    _FORGET_DOOMED.run(conn, params)
 
 
 def drop_replicas(conn: Connection, items: Iterable[tuple[int, int, int]], not_before: float) -> None:
