@@ -87,9 +87,11 @@ _INSERT_INODE = Prepared(insert(inodes).values({c.key: bindparam(c.key) for c in
 _INSERT_ENTRY = Prepared(insert(dentries).values(parent=bindparam("parent"), name=bindparam("name"),
                                                  inode=bindparam("inode")))
 _DELETE_ENTRY = Prepared(delete(dentries).where(*_ENTRY))
-_MOVE_ENTRY = Prepared(update(dentries).where(*_ENTRY).values(parent=bindparam("new_parent"),
-                                                              name=bindparam("new_name")))
-_POINT_ENTRY = Prepared(update(dentries).where(*_ENTRY).values(inode=bindparam("inode")))
+# An UPDATE's parameters may not be named like the table's columns (master/prepared.py).
+_AT_ENTRY = (dentries.c.parent == bindparam("at_parent"), dentries.c.name == bindparam("at_name"))
+_MOVE_ENTRY = Prepared(update(dentries).where(*_AT_ENTRY).values(parent=bindparam("new_parent"),
+                                                                 name=bindparam("new_name")))
+_POINT_ENTRY = Prepared(update(dentries).where(*_AT_ENTRY).values(inode=bindparam("new_inode")))
 _DELETE_INODE = Prepared(delete(inodes).where(_BY_ID))
 _DELETE_XATTRS = Prepared(delete(xattrs).where(xattrs.c.inode == bindparam("inode")))
 _ADD_LINKS = Prepared(update(inodes).where(_BY_ID).values(nlink=inodes.c.nlink + bindparam("delta"),
@@ -558,7 +560,8 @@ class Namespace:
                     touch_dir(conn, new_parent, now, -1)
                 else:
                     deleted = self._drop_link(conn, dst, now, held)
-            _MOVE_ENTRY.run(conn, {"parent": parent, "name": name, "new_parent": new_parent, "new_name": new_name})
+            _MOVE_ENTRY.run(conn, {"at_parent": parent, "at_name": name, "new_parent": new_parent,
+                                   "new_name": new_name})
             _SET_CTIME.run(conn, {"inode": src.id, "now": now})
             moved = 1 if src_dir and parent != new_parent else 0
             touch_dir(conn, parent, now, -moved)
@@ -571,8 +574,8 @@ class Namespace:
     def _exchange(self, conn: Connection, parent: int, name: str, src: Any, new_parent: int,
                   new_name: str, dst: Any) -> None:
         now = time.time_ns()
-        _POINT_ENTRY.run(conn, {"parent": parent, "name": name, "inode": dst.id})
-        _POINT_ENTRY.run(conn, {"parent": new_parent, "name": new_name, "inode": src.id})
+        _POINT_ENTRY.run(conn, {"at_parent": parent, "at_name": name, "new_inode": dst.id})
+        _POINT_ENTRY.run(conn, {"at_parent": new_parent, "at_name": new_name, "new_inode": src.id})
         for inode in (src.id, dst.id):
             _SET_CTIME.run(conn, {"inode": inode, "now": now})
         shift = 0  # subdirectories moving from parent to new_parent

@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.base import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.dml import Update, ValuesBase
 
 Processor = Callable[[Any], Any] | None
 
@@ -83,6 +84,8 @@ class Prepared:
     def __init__(self, statement: Executable) -> None:
         self.statement = statement
         self._sqlite: tuple[Dialect, _Compiled] | None = None
+        if isinstance(statement, ValuesBase | Update):
+            _check_keys(statement)
 
     def _compiled(self, conn: Connection) -> _Compiled | None:
         dialect = conn.dialect
@@ -131,3 +134,13 @@ class Prepared:
         if compiled is None:
             return int(conn.execute(self.statement, params).rowcount)
         return int(self._cursor(conn, compiled, params).rowcount)
+
+
+def _check_keys(statement: ValuesBase | Update) -> None:
+    """SQLAlchemy's execute adds to an INSERT's VALUES or an UPDATE's SET every parameter named like a
+    column of the table: such a name would change what the statement does on other databases."""
+    compiled = statement.compile()
+    names = [compiled.binds[name].key for name in compiled.binds]
+    with_keys = statement.compile(column_keys=names)
+    if with_keys.string != compiled.string:
+        raise TypeError(f"a parameter is named like a column it does not set: {compiled}")
