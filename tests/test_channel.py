@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import signal
+import socket
 import stat
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import websocket
 
 from dfs.auth import auth_headers, identity_headers
 from dfs.client import Client
-from dfs.client.channel import run_inline
+from dfs.client.channel import _Link, run_inline
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
 from tests.harness import TEST_ADMIN_KEY, Cluster
@@ -182,3 +183,55 @@ def test_the_master_stops_with_channels_open(fresh_cluster: Cluster, loop: LoopT
         assert not master.running, master.log()[-2000:]
     finally:
         loop.run(client.close())
+
+
+def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    """A server's (unmasked) frame."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        return head + bytes([n]) + payload
+    if n < 65536:
+        return head + bytes([126]) + n.to_bytes(2, "big") + payload
+    return head + bytes([127]) + n.to_bytes(8, "big") + payload
+
+
+def _unmask(frame: bytes) -> tuple[int, bytes]:
+    """A client's frame: (opcode, payload)."""
+    assert frame[1] & 0x80, "a client's frames are masked"
+    n, start = frame[1] & 0x7F, 2
+    if n == 126:
+        n, start = int.from_bytes(frame[2:4], "big"), 4
+    mask, payload = frame[start:start + 4], frame[start + 4:start + 4 + n]
+    return frame[0] & 0x0F, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def test_link_frames() -> None:
+    """The channel's own framing (dfs/client/channel.py _Link): lengths of every size, a message in
+    fragments, a ping answered, a message split across reads, a close."""
+    mine, theirs = socket.socketpair()
+    try:
+        mine.settimeout(5)
+        ws = websocket.WebSocket()
+        ws.sock = mine
+        link = _Link(ws)
+        big = b"x" * 70_000
+        theirs.sendall(_frame(0x1, b"short") + _frame(0x1, b"m" * 300) + _frame(0x2, big)
+                       + _frame(0x9, b"hi") + _frame(0x1, b"frag", fin=False) + _frame(0x0, b"ments"))
+        assert link.receive() == b"short"
+        assert link.receive() == b"m" * 300
+        assert link.receive() == big
+        assert link.receive() == b"fragments"
+        assert _unmask(theirs.recv(100)) == (0x9 + 1, b"hi")  # the pong
+        whole = _frame(0x1, b'{"id": 1}')
+        theirs.sendall(whole[:3])
+        theirs.sendall(whole[3:])
+        assert link.receive() == b'{"id": 1}'
+        link.send(0x1, "é\udcff".encode("utf-8", "surrogatepass") * 50)
+        assert _unmask(theirs.recv(1000)) == (0x1, "é\udcff".encode("utf-8", "surrogatepass") * 50)
+        theirs.sendall(_frame(0x8, b"\x03\xe8"))
+        with pytest.raises(websocket.WebSocketConnectionClosedException):
+            link.receive()
+    finally:
+        mine.close()
+        theirs.close()
