@@ -10,6 +10,11 @@ A call is checked as the same call over HTTP is: the key and identity its `heade
 (master/auth.py), the op's request table (master/api_schema.py), then the same handler. What it
 saves is the HTTP request around it: a call costs the master a JSON decode instead of a request to
 parse and a response to build, and the client a frame on a socket it already holds.
+
+A channel's calls carry the same few `headers` again and again (one set per user a mount acts
+for), so each channel remembers what they authenticated as (`Callers`): a later call with the same
+headers and op costs a dictionary lookup and a check that the key's record is still the one in
+force (not revoked, not expired) instead of a SHA-256 and the header parsing.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from dfs.errors import DfsError
 from dfs.metrics import REQUEST_SECONDS, REQUESTS
 from dfs.web import MAX_JSON_BODY, Params, parse_json
 from master import api_schema
-from master.auth import authenticate
+from master.auth import KEYS, authenticate
+from master.keys import KeyRecord
 from master.permissions import Caller
 
 log = logging.getLogger("master.channel")
@@ -51,8 +57,45 @@ def _headers(value: Any) -> CIMultiDict[str]:
     return CIMultiDict(value)
 
 
-async def answer(app: web.Application, raw: str, dispatch: Dispatch) -> str:
-    """The answer (a JSON text) to one call message."""
+class Callers:
+    """One channel's (op, headers) -> (key record, caller) already authenticated."""
+
+    MAX = 64  # distinct header sets remembered (a mount acting for many users just checks more often)
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[KeyRecord | None, Caller]] = {}
+
+    def caller(self, app: web.Application, op: str, headers: Any) -> Caller:
+        key = (op, tuple(headers.items())) if isinstance(headers, dict) else None
+        try:
+            known = self._known.get(key) if key is not None else None
+        except TypeError:  # a value that is not hashable: _headers refuses it below
+            key = known = None
+        if known is not None and (known[0] is None or app[KEYS].in_force(known[0])):
+            return known[1]
+        record, caller = authenticate(app, _headers(headers), op)
+        if key is not None:
+            if len(self._known) >= self.MAX:
+                self._known.clear()
+            self._known[key] = (record, caller)
+        return caller
+
+
+#: (op, status class) -> (counter, histogram) children, looked up once each.
+_series: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+
+def _observe(op: str, status: int, seconds: float) -> None:
+    series = _series.get((op, status))
+    if series is None:
+        series = _series[(op, status)] = (REQUESTS.labels(op, "WS", f"{status // 100}xx"),
+                                          REQUEST_SECONDS.labels(op, "WS"))
+    series[0].inc()
+    series[1].observe(seconds)
+
+
+async def answer(app: web.Application, raw: str, dispatch: Dispatch, callers: Callers | None = None) -> str:
+    """The answer (a JSON text) to one call message (`callers`: what the channel's headers were)."""
     started = time.perf_counter()
     call_id: int | None = None
     op = "unmatched"
@@ -63,7 +106,7 @@ async def answer(app: web.Application, raw: str, dispatch: Dispatch) -> str:
         if name not in api_schema.OPS or name.startswith(_REFUSED_PREFIX):
             raise DfsError(errno.EINVAL, f"no such call on a channel: {name!r}")
         op = f"/api/{name}"
-        _, caller = authenticate(app, _headers(message.data.get("headers")), op)
+        caller = (callers or Callers()).caller(app, op, message.data.get("headers"))
         body = message.data.get("body")
         if body is not None and not isinstance(body, dict):
             raise DfsError(errno.EINVAL, "'body' must be a JSON object")
@@ -74,9 +117,7 @@ async def answer(app: web.Application, raw: str, dispatch: Dispatch) -> str:
     except Exception:
         log.exception("internal error on channel call %s", op)
         reply = {"id": call_id, "status": 500, "body": {"error": "EIO", "message": "internal server error"}}
-    status = reply["status"]
-    REQUESTS.labels(op, "WS", f"{status // 100}xx").inc()
-    REQUEST_SECONDS.labels(op, "WS").observe(time.perf_counter() - started)
+    _observe(op, reply["status"], time.perf_counter() - started)
     return json.dumps(reply)
 
 
@@ -90,11 +131,12 @@ def add_channel(app: web.Application, dispatch: Dispatch) -> None:
             raise DfsError(errno.EINVAL, f"{PATH} is a WebSocket: send an Upgrade request (docs/PROTOCOL.md)")
         await ws.prepare(request)
         open_channels.add(ws)
+        callers = Callers()
         async for message in ws:
             if message.type != WSMsgType.TEXT:
                 await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text messages only")
                 break
-            await ws.send_str(await answer(request.app, message.data, dispatch))
+            await ws.send_str(await answer(request.app, message.data, dispatch, callers))
         return ws
 
     async def close_channels(_: web.Application) -> None:

@@ -125,6 +125,11 @@ class KeyStore:
             raise DfsError(errno.EKEYEXPIRED, f"access key {record.name!r} has expired")
         return record
 
+    def in_force(self, record: KeyRecord) -> bool:
+        """True while `record` is still the store's record of its key, neither revoked nor expired
+        (callers that keep a verified record re-check it with this, at no SHA-256)."""
+        return self._by_id.get(record.key_id) is record and record.state(time.time()) == "active"
+
     def list(self) -> list[KeyRecord]:
         return sorted(self._by_id.values(), key=lambda r: r.name)
 

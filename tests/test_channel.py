@@ -20,7 +20,7 @@ from dfs.client import Client
 from dfs.client.channel import _Link, run_inline
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
-from tests.harness import TEST_ADMIN_KEY, Cluster
+from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,13 @@ def test_bad_calls_are_answered_in_band(cluster: Cluster) -> None:
             assert (answer["status"], answer["body"]["error"]) == (status, code), (message, answer)
             assert "Traceback" not in answer["body"]["message"]
         assert call(ws, {"id": 9, "op": "getattr", "headers": key, "body": {"inode": 1}})["status"] == 200
+        # A channel remembers what its headers authenticated as (master/channel.py Callers), but not
+        # past a revocation: the next call with the same headers is refused.
+        status, _ = http_json("POST", cluster.master_url + "/api/admin/keys/revoke", {"name": "chan-rw"},
+                              key=TEST_ADMIN_KEY)
+        assert status == 200
+        answer = call(ws, {"id": 10, "op": "getattr", "headers": key, "body": {"inode": 1}})
+        assert (answer["status"], answer["body"]["error"]) == (401, "EKEYREVOKED"), answer
     finally:
         ws.close()
 
