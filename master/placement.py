@@ -11,7 +11,7 @@ import stat
 import time
 from typing import Any
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
 from dfs.errors import DfsError
 from dfs.protocol import MAX_FILE_SIZE, Attr
@@ -21,12 +21,23 @@ from master.db import Database
 from master.leases import Grant, LeaseTable
 from master.namespace import get_inode, to_attr
 from master.permissions import R_OK, ROOT, W_OK, Caller, kill_suid, require
+from master.prepared import Prepared
 from master.schema import chunks, inodes, replicas
 from master.servers import BAD_PROBLEMS, Registry, ServerInfo, drop_bad
 
 log = logging.getLogger("master.placement")
 
 MAX_CHUNKS_PER_REQUEST = 100_000
+
+# The statements of every small file's write (lease, commit), prepared once (master/prepared.py).
+_SLOT = Prepared(select(chunks.c.chunk_id, chunks.c.version)
+                 .where(chunks.c.inode == bindparam("inode"), chunks.c.idx == bindparam("idx")))
+_NEW_CHUNK = Prepared(insert(chunks).values(inode=bindparam("inode"), idx=bindparam("idx"), version=1)
+                      .returning(chunks.c.chunk_id))
+_NEW_REPLICA = Prepared(insert(replicas).values(chunk_id=bindparam("chunk_id"), server_id=bindparam("server_id"),
+                                                version=1))
+_COMMIT = Prepared(update(inodes).where(inodes.c.id == bindparam("inode")).values(
+    size=bindparam("size"), mtime_ns=bindparam("mtime_ns"), ctime_ns=bindparam("ctime_ns")))
 
 
 def _writable(row: Any) -> None:
@@ -132,15 +143,13 @@ class Placement:
         row = get_inode(conn, inode)
         _writable(row)
         wall = time.time()
-        chunk = (conn.execute(select(chunks.c.chunk_id, chunks.c.version)
-                              .where(chunks.c.inode == inode, chunks.c.idx == index))).first()
+        chunk = _SLOT.first(conn, {"inode": inode, "idx": index})
         expiry = time.monotonic() + self.config.lease_seconds
         if chunk is None:
             chosen = self._new_chunk_servers(live, row.goal or self.config.goal, exclude)
-            result = conn.execute(insert(chunks).values(inode=inode, idx=index, version=1))
-            chunk_id = int(result.inserted_primary_key[0])
-            conn.execute(insert(replicas), [{"chunk_id": chunk_id, "server_id": s.id, "version": 1}
-                                            for s in chosen])
+            chunk_id = int(_NEW_CHUNK.scalar(conn, {"inode": inode, "idx": index}))
+            for s in chosen:
+                _NEW_REPLICA.run(conn, {"chunk_id": chunk_id, "server_id": s.id})
             return Grant(client, inode, index, chunk_id, 1, [(s.id, s.url) for s in chosen], expiry), chosen
 
         version = chunk.version + 1
@@ -197,9 +206,10 @@ class Placement:
             if caller.uid:
                 require(caller, row, W_OK)
             now = time.time_ns()
-            conn.execute(update(inodes).where(inodes.c.id == inode).values(
-          size=max(row.size, size), mtime_ns=now if mtime_ns is None else mtime_ns, ctime_ns=now))
-            return to_attr(get_inode(conn, inode))
+            new = {"size": max(row.size, size), "mtime_ns": now if mtime_ns is None else mtime_ns, "ctime_ns": now}
+            _COMMIT.run(conn, {"inode": inode, **new})
+            return Attr(inode, row.mode, row.uid, row.gid, new["size"], row.nlink, row.atime_ns, new["mtime_ns"],
+                        new["ctime_ns"], row.goal, row.rdev)
 
         attr = await self.db.run_write(txn)
         if release:
