@@ -11,6 +11,13 @@ own BEGIN is switched off and ours is emitted from the "begin" event). Long scan
 jobs (`run_read(..., background=True)`: fsck, repair, balance plans) run in reader threads on WAL
 snapshots instead, so they never stall the namespace.
 
+Checkpoints (copying the WAL back into the database, with an fsync of each: what synchronous=NORMAL
+still syncs) run in a reader thread too, every CHECKPOINT_COMMITS write transactions, instead of in
+the commit that crossed SQLite's 1,000 pages: that commit took milliseconds, ~100 µs a create on
+average on a busy disk. A checkpoint beside a busy writer may never catch up with it, and the WAL
+only starts over once one has; past WAL_LIMIT frames (or WAL_LIMIT / 4 writes without a checkpoint's
+report: the reader threads may be busy with a scan) one runs on the loop, as SQLite's own would.
+
 Any other database (PostgreSQL: `postgresql+asyncpg://`, or `postgresql+psycopg://`): its async driver
 through AsyncEngine and `AsyncConnection.run_sync(fn)`. Writes run SERIALIZABLE and are run again on a
 serialisation failure or deadlock, so every `fn` must be safe to run twice: it changes nothing but
@@ -56,6 +63,10 @@ READER_THREADS = 4
 #: under load (at most 35 in all; PostgreSQL allows 100 by default).
 POOLS = {"SERIALIZABLE": 8, "REPEATABLE READ": 4, "AUTOCOMMIT": 8}
 POOL_OVERFLOW = 5
+#: Write transactions between two background checkpoints (a create writes 5-6 pages).
+CHECKPOINT_COMMITS = 200
+#: WAL frames (pages) past which the loop checkpoints itself (~40 MiB of 4 KiB pages).
+WAL_LIMIT = 10_000
 _BEGIN = {mode: f"BEGIN {mode}" for mode in ("DEFERRED", "IMMEDIATE", "EXCLUSIVE")}
 
 
@@ -63,6 +74,11 @@ def _retryable(exc: DBAPIError) -> bool:
     orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     return code in _RETRY_STATES
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("background checkpoint failed: %s", future.exception())
 
 
 class Database:
@@ -90,6 +106,10 @@ class Database:
             self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="db-read")
             self._conn: Connection | None = None  # the event loop's own connection
             self._conn_begin: str | None = None  # the dfs_begin it has now
+            self._commits = 0  # write transactions since the last background checkpoint started
+            self._wal_frames = 0  # the WAL's length when the last checkpoint looked
+            self._unreported = 0  # write transactions since a checkpoint last told the WAL's length
+            self._checkpoint: asyncio.Future[None] | None = None
         else:
             self._writer = asyncio.Lock()
             # One engine (and pool) per isolation level: switching a pooled connection's level costs
@@ -105,7 +125,8 @@ class Database:
         @event.listens_for(engine, "connect")
         def on_connect(dbapi_connection: Any, _record: Any) -> None:
             dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
-            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=OFF"):
+            for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=10000", "foreign_keys=OFF",
+                           "wal_autocheckpoint=0", f"journal_size_limit={WAL_LIMIT * 4096}"):
                 dbapi_connection.execute(f"PRAGMA {pragma}")
 
         @event.listens_for(engine, "begin")
@@ -160,6 +181,37 @@ class Database:
         with conn.begin():
             return fn(conn)
 
+    def _checkpointed(self) -> None:
+        """After a write transaction: start a background checkpoint now and then; checkpoint here if
+        the WAL outgrew what they could catch up with."""
+        if self._memory:
+            return
+        self._commits += 1
+        self._unreported += 1
+        if self._wal_frames >= WAL_LIMIT or self._unreported >= WAL_LIMIT // 4:
+            assert self._conn is not None
+            self._checkpoint_on(self._conn)  # nothing writes meanwhile: the next write starts the WAL over
+            self._wal_frames = self._unreported = 0
+        if self._commits >= CHECKPOINT_COMMITS and (self._checkpoint is None or self._checkpoint.done()):
+            self._commits = 0
+            self._checkpoint = asyncio.get_running_loop().run_in_executor(self._readers, self._background_checkpoint)
+            self._checkpoint.add_done_callback(_log_failure)
+
+    def _background_checkpoint(self) -> None:
+        assert self.sync_engine is not None
+        with self.sync_engine.connect() as conn:
+            self._wal_frames = self._checkpoint_on(conn)
+        self._unreported = 0
+
+    @staticmethod
+    def _checkpoint_on(conn: Connection) -> int:
+        """A PASSIVE checkpoint (it never waits for the writer) outside any transaction: the WAL's
+        length in frames."""
+        dbapi = conn.connection.dbapi_connection
+        assert dbapi is not None
+        _busy, frames, _done = dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(frames)
+
     # -- other databases ----------------------------------------------------------------------------
 
     async def _async_txn(self, fn: Txn[T], isolation: str) -> T:
@@ -181,7 +233,9 @@ class Database:
     async def run_write(self, fn: Txn[T]) -> T:
         """`fn(conn)` in one write transaction, committed before this returns."""
         if self.sync_engine is not None:
-            return self._inline_txn(fn, "IMMEDIATE")
+            result = self._inline_txn(fn, "IMMEDIATE")
+            self._checkpointed()
+            return result
         async with self._writer:
             return await self._async_txn(fn, "SERIALIZABLE")
 
