@@ -103,7 +103,8 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(url: str, pid: int, files: int, threads: int, uid: int) -> dict[str, tuple[float, ...]]:
+def measure(url: str, pid: int, files: int, threads: int, uid: int,
+            phases: tuple[str, ...] = PHASES) -> dict[str, tuple[float, ...]]:
     """Per phase: (calls/s, client µs, master µs, master DB µs, master CPU µs, client CPU µs per call)."""
     loop = LoopThread()
     client = loop.run(Client(url).start())
@@ -116,7 +117,13 @@ def measure(url: str, pid: int, files: int, threads: int, uid: int) -> dict[str,
             run_inline(root.setattr(inode, mode=0o777))
         view = root.acting_for(uid, uid) if uid else root
         results = {}
-        for phase, call in _calls().items():
+        steps = _calls()
+        if "create" not in phases:  # the other phases need the files
+            for i in range(files):
+                steps["create"](view, folder, i)
+        for phase, call in steps.items():
+            if phase not in phases:
+                continue
             op = "resolve" if phase == "resolve" else phase
             c0, s0 = _client_seconds(op), _server_seconds(url, op)
             cpu0, mine0 = _cpu_seconds(pid), time.process_time()
@@ -139,6 +146,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--uid", type=int, default=0, help="act for this user (0: root, no permission checks)")
     parser.add_argument("--db", default=None, help="the master's database URL (default: SQLite)")
+    parser.add_argument("--only", default=",".join(PHASES), help="comma-separated phases to measure")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dfs-bench-chan-") as base:
         cluster = Cluster(root=Path(base), db_url=args.db, admin_key=session_admin_key())
@@ -146,7 +154,8 @@ def main() -> None:
             cluster.start(chunkservers=0, gateway=False)
             assert cluster.master is not None and cluster.master.proc is not None
             print(f"master pid {cluster.master.proc.pid}", flush=True)
-            figures = measure(cluster.master_url, cluster.master.proc.pid, args.files, args.threads, args.uid)
+            figures = measure(cluster.master_url, cluster.master.proc.pid, args.files, args.threads, args.uid,
+                              tuple(args.only.split(",")))
         finally:
             cluster.stop()
     table = Table(title=f"channel calls ({args.threads} threads, {args.files} per phase, uid {args.uid})")
