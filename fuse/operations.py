@@ -132,13 +132,25 @@ class DfsOperations(mfusepy.Operations):
         if isinstance(cached, Attr):
             return cached
         try:
-            attr = self.meta(self._me().stat(path, follow=False))
+            attr = self.meta(self._fetch(path))
         except DfsError as err:
             if err.errno == errno.ENOENT:
                 self.names.put_missing(path)
             raise
         self.names.put(path, attr)
         return attr
+
+    def _fetch(self, path: str) -> Any:
+        """The master call for `path`'s attributes, as cheap as what we know allows: by inode (the
+        folder's getattr after each change in it), by parent and name, or a walk of the whole path."""
+        client = self._me()
+        inode = ROOT_INODE if path == "/" else self.names.inode_of(path)
+        if inode is not None:
+            return client.getattr(inode)
+        parent = self.names.inode_of(parent_of(path))
+        if parent is not None:
+            return client.lookup(parent, path.rsplit("/", 1)[1])
+        return client.stat(path, follow=False)
 
     def _folder_is_busy(self, path: str) -> bool:
         """Several misses in one folder within the cache time: worth listing it whole, once
@@ -227,6 +239,10 @@ class DfsOperations(mfusepy.Operations):
                 continue
             self.names.forget_path(path)
             self._invalidate_kernel(path)
+
+    def _entry_added(self, parent: int, attr: Attr) -> None:
+        """This mount added `attr` to folder `parent`: its times moved to the entry's ctime."""
+        self.names.entry_added(parent, attr)
 
     def _entry_changed(self, path: str) -> None:
         """A name was added or removed in the folder of `path`: its times and link count moved
@@ -341,7 +357,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         attr = self.meta(self._me().mkdir(parent, name, stat.S_IMODE(mode), uid=uid, gid=gid))
-        self._entry_changed(path)
+        self._entry_added(parent, attr)
         self.names.put(path, attr)
         self.names.mark_complete(attr.inode)
         return 0
@@ -352,7 +368,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         attr, _ = self.meta(self._me().create(parent, name, mode, exclusive=True, uid=uid, gid=gid, rdev=dev))
-        self._entry_changed(path)
+        self._entry_added(parent, attr)
         self.names.put(path, attr)
         return 0
 
@@ -363,7 +379,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(target)
         uid, gid = self._caller()
         attr = self.meta(self._me().symlink_entry(parent, name, source, uid=uid, gid=gid))
-        self._entry_changed(target)
+        self._entry_added(parent, attr)
         self.names.put(target, attr)
         return 0
 
@@ -378,7 +394,7 @@ class DfsOperations(mfusepy.Operations):
         inode = self._attr(source).inode
         parent, name = self._split(target)
         attr = self.meta(self._me().link(inode, parent, name))
-        self._entry_changed(target)
+        self._entry_added(parent, attr)
         self._other_names_changed(attr.inode, target)  # their nlink and ctime moved
         self._changed(target, attr)
         return 0
@@ -400,11 +416,9 @@ class DfsOperations(mfusepy.Operations):
         self._removals += 1
         self.meta(self._me().unlink(parent, name, held=self._held()))
         self._entry_changed(path)
-        self.names.forget_path(path)
-        self.names.put_missing(path)
+        self.names.removed(path)
         if attr.nlink > 1:
             self._other_names_changed(attr.inode)
-        self.names.forget_attr(attr.inode)
         return 0
 
     @fuse_op
@@ -530,8 +544,10 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         exclusive = bool(fi.flags & os.O_EXCL) if fi is not None else True
-        attr, _ = self.meta(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
-        self._entry_changed(path)
+        attr, created = self.meta(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
+        if created:
+            self._entry_added(parent, attr)
+            self.names.put_xattr_absent(attr.inode)  # nothing to ask before its writes (security.capability)
         self.names.put(path, attr)
         self._register(attr, fi)
         return 0
@@ -638,14 +654,24 @@ class DfsOperations(mfusepy.Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name.startswith(ACL_PREFIX):
             raise FuseOSError(errno.EOPNOTSUPP)
-        return self.meta(self._me().getxattr(self._attr(path).inode, name))
+        inode = self._attr(path).inode
+        if self.names.xattr_absent(inode, name):
+            raise FuseOSError(errno.ENODATA)
+        try:
+            return self.meta(self._me().getxattr(inode, name))
+        except DfsError as err:
+            if err.errno == errno.ENODATA:
+                self.names.put_xattr_absent(inode, name)
+            raise
 
     @fuse_op
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         self._check_writable()
         if name.startswith(ACL_PREFIX):  # no POSIX ACLs: tools such as cp -a then fall back to chmod
             raise FuseOSError(errno.EOPNOTSUPP)
-        self.meta(self._me().setxattr(self._attr(path).inode, name, bytes(value), options))
+        inode = self._attr(path).inode
+        self.meta(self._me().setxattr(inode, name, bytes(value), options))
+        self.names.xattr_set(inode, name)
         self.names.forget_path(path)
         return 0
 
