@@ -92,3 +92,37 @@ def test_mount_metrics_follow_the_work(metered_mount: tuple[Cluster, Mount, str]
     with pytest.raises((ConnectionRefusedError, urllib.error.URLError)), socket.create_connection(
             ("127.0.0.1", port), timeout=2):
         pass
+
+
+def test_filling_a_folder_costs_one_round_trip_per_file(metered_mount: tuple[Cluster, Mount, str]) -> None:
+    """The lookup before each create, the folder's getattr after it and the kernel's security.capability
+    question before each write are answered from the mount's caches; only the creates reach the master."""
+    _, mount, url = metered_mount
+    folder = mount.mountpoint / "filled"
+    folder.mkdir()
+    count = 200
+    before = scrape(url)
+    for i in range(count):
+        fd = os.open(folder / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.write(fd, b"x")
+        os.close(fd)
+    after = scrape(url)
+
+    def calls(*ops: str) -> float:
+        return sum(value(after, "dfs_client_master_calls_total", operation=op, result=result)
+                   - value(before, "dfs_client_master_calls_total", operation=op, result=result)
+                   for op in ops for result in ("ok", "error"))
+
+    assert calls("create") == count
+    assert calls("getxattr") == 0
+    # the folder's listing and times expire each second (entry timeout): a few round trips per second
+    assert calls("resolve", "lookup", "getattr", "readdir") <= count // 10
+
+    before = scrape(url)
+    for i in range(count):
+        os.unlink(folder / f"f{i}")
+    after = scrape(url)
+    assert calls("unlink") == count
+    # the folder's getattr after each unlink (its new times are not in the reply); names come from the cache
+    assert calls("resolve", "lookup", "readdir") <= count // 10
+    assert calls("getattr") <= count * 1.1
