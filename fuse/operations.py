@@ -298,6 +298,9 @@ class DfsOperations(mfusepy.Operations):
             inode = self._attr(path).inode
         else:
             raise FuseOSError(errno.EBADF)
+        open_file = self._files.get(inode)
+        if open_file is not None and open_file.dirty and ("mtime_ns" in changes or "mtime_now" in changes):
+            open_file.flush(durable=False)  # the commit of earlier writes would move the mtime set here
         attr = self.meta(client.setattr(inode, **changes))
         if attr.nlink > 1:
             self._other_names_changed(attr.inode, *([path] if path else []))
