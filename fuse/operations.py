@@ -44,6 +44,7 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 PREFETCH_AFTER_MISSES = 3  # lookups missing the cache in one folder before it is listed whole
 PREFETCH_MAX_ENTRIES = 20_000
+NOOP_WINDOW = 0.02  # seconds after this mount's change to a file within which a chown changing nothing is skipped
 HIDDEN_PREFIX = ".fuse_hidden"
 ACL_PREFIX = "system.posix_acl_"
 RENAME_NOREPLACE = 1
@@ -90,6 +91,7 @@ class DfsOperations(mfusepy.Operations):
         self._fuse: Any = None  # libfuse's struct fuse, for invalidating what the kernel cached
         self._misses: dict[str, tuple[int, float]] = {}  # folder -> (cache misses, since when)
         self._told: dict[int, tuple[int, int]] = {}  # inode -> (size, mtime) the kernel was last given
+        self._stamped: dict[int, float] = {}  # inode -> when this mount's last change to it was sent
         self._lock = threading.Lock()
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -301,7 +303,9 @@ class DfsOperations(mfusepy.Operations):
         open_file = self._files.get(inode)
         if open_file is not None and open_file.dirty and ("mtime_ns" in changes or "mtime_now" in changes):
             open_file.flush(durable=False)  # the commit of earlier writes would move the mtime set here
+        sent = time.monotonic()
         attr = self.meta(client.setattr(inode, **changes))
+        self._stamp(attr.inode, sent)
         if attr.nlink > 1:
             self._other_names_changed(attr.inode, *([path] if path else []))
         if path is not None:
@@ -318,9 +322,33 @@ class DfsOperations(mfusepy.Operations):
     @fuse_op
     def chown(self, path: str | None, uid: int, gid: int, fh: Any = None) -> int:
         changes = {k: v for k, v in (("uid", uid), ("gid", gid)) if v != -1}
-        if changes:
+        if changes and not self._owner_unchanged(path, fh, changes):
             self._setattr(path, fh, **changes)
         return 0
+
+    def _stamp(self, inode: int, sent: float) -> None:
+        """This mount changed `inode` with a call sent at `sent`: the master's ctime of it is no older."""
+        with self._lock:
+            if len(self._stamped) >= 10_000:
+                self._stamped = {k: v for k, v in self._stamped.items() if sent - v <= NOOP_WINDOW}
+            self._stamped[inode] = sent
+
+    def _owner_unchanged(self, path: str | None, fh: Any, changes: dict[str, int]) -> bool:
+        """Whether this chown would change nothing and may skip its round trip: `tar x` as root gives
+        each file it has just made and changed the owner it already has. Only within NOOP_WINDOW of
+        this mount's own change to the file (so what we know is its state, and the ctime the chown
+        would set differs from the one it has by less than that: a timestamp granularity, as the
+        kernel's coarse clock has), for its owner or root, and with no set-id bit a chown may drop."""
+        self._check_writable()
+        open_file = self._handles.get(_fh(fh)) if fh is not None else None
+        inode = open_file.inode if open_file is not None else self.names.inode_of(path) if path else None
+        stamped = self._stamped.get(inode) if inode is not None else None
+        if inode is None or stamped is None or time.monotonic() - stamped > NOOP_WINDOW:
+            return False
+        attr = self.names.attr(inode)
+        if attr is None or attr.mode & (stat.S_ISUID | stat.S_ISGID) or self._caller()[0] not in (0, attr.uid):
+            return False
+        return all(getattr(attr, key) == value for key, value in changes.items())
 
     @fuse_op
     def utimens(self, path: str | None, times: tuple[int, int] | None = None, fh: Any = None) -> int:
@@ -547,8 +575,10 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         exclusive = bool(fi.flags & os.O_EXCL) if fi is not None else True
+        sent = time.monotonic()
         attr, created = self.meta(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
         if created:
+            self._stamp(attr.inode, sent)
             self._entry_added(parent, attr)
             self.names.put_xattr_absent(attr.inode)  # nothing to ask before its writes (security.capability)
         self.names.put(path, attr)
