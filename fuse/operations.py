@@ -312,6 +312,8 @@ class DfsOperations(mfusepy.Operations):
             self._changed(path, attr)
         else:
             self.names.put_attr(attr)
+            if open_file is not None:
+                open_file.handle.attr = attr
         return attr
 
     @fuse_op
