@@ -126,7 +126,9 @@ class DfsOperations(mfusepy.Operations):
         if hidden is not None:
             return self.run(self.client.getattr(hidden))
         cached = self.names.lookup(path)
-        if cached is None and self._folder_is_busy(path):
+        # only an unknown name counts towards listing its folder: a known one (the folder's own
+        # getattr after each unlink in it) costs one getattr, which a listing of its parent would not save
+        if cached is None and self.names.inode_of(path) is None and self._folder_is_busy(path):
             self._list_folder(parent_of(path))
             cached = self.names.lookup(path)
         if cached is False:
