@@ -69,9 +69,14 @@ class NameCache:
         return None
 
     def inode_of(self, path: str) -> int | None:
+        entry = self.mapping(path)
+        return entry[0] if entry is not None else None
+
+    def mapping(self, path: str) -> tuple[int, float] | None:
+        """(inode, expiry) of `path` while it is trusted."""
         entry = self._names.get(path)
         if entry is not None and entry[0] != _NEGATIVE and entry[1] > time.monotonic():
-            return entry[0]
+            return entry
         return None
 
     def paths_of(self, inode: int) -> list[str]:
@@ -94,9 +99,12 @@ class NameCache:
         if self.ttl > 0:
             self._attrs[attr.inode] = (attr, time.monotonic() + self.ttl)
 
-    def put_missing(self, path: str) -> None:
+    def put_missing(self, path: str, until: float | None = None) -> None:
+        """`path` does not exist, for `ttl` (or until `until`, when the answer came through a cached
+        name that is trusted no longer)."""
         if self.ttl > 0:
-            self._names[path] = (_NEGATIVE, time.monotonic() + self.ttl)
+            expiry = time.monotonic() + self.ttl
+            self._names[path] = (_NEGATIVE, expiry if until is None else min(expiry, until))
 
     def mark_complete(self, directory: int) -> None:
         """Every entry of `directory` is in the cache (it was just made, or listed whole)."""

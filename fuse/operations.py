@@ -135,26 +135,33 @@ class DfsOperations(mfusepy.Operations):
             raise FuseOSError(errno.ENOENT)
         if isinstance(cached, Attr):
             return cached
-        try:
-            attr = self.meta(self._fetch(path))
-        except DfsError as err:
-            if err.errno == errno.ENOENT:
-                self.names.put_missing(path)
-            raise
+        attr = self._fetch(path)
         self.names.put(path, attr)
         return attr
 
-    def _fetch(self, path: str) -> Any:
-        """The master call for `path`'s attributes, as cheap as what we know allows: by inode (the
-        folder's getattr after each change in it), by parent and name, or a walk of the whole path."""
+    def _fetch(self, path: str) -> Attr:
+        """`path`'s attributes from the master, as cheaply as what we know allows: by inode (the
+        folder's getattr after each change in it), by parent and name, or by a walk of the whole
+        path. An ENOENT is remembered no longer than the name it came through is trusted (a folder
+        replaced elsewhere must not hide the names of its successor beyond the entry timeout)."""
         client = self._me()
         inode = ROOT_INODE if path == "/" else self.names.inode_of(path)
         if inode is not None:
-            return client.getattr(inode)
-        parent = self.names.inode_of(parent_of(path))
-        if parent is not None:
-            return client.lookup(parent, path.rsplit("/", 1)[1])
-        return client.stat(path, follow=False)
+            try:
+                return self.meta(client.getattr(inode))
+            except DfsError as err:
+                if err.errno != errno.ENOENT:
+                    raise
+                self.names.forget_path(path)  # that inode is gone: the name may be another's by now
+        parent = self.names.mapping(parent_of(path))
+        try:
+            if parent is not None:
+                return self.meta(client.lookup(parent[0], path.rsplit("/", 1)[1]))
+            return self.meta(client.stat(path, follow=False))
+        except DfsError as err:
+            if err.errno == errno.ENOENT:
+                self.names.put_missing(path, until=parent[1] if parent is not None else None)
+            raise
 
     def _folder_is_busy(self, path: str) -> bool:
         """Several misses in one folder within the cache time: worth listing it whole, once

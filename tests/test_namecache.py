@@ -87,3 +87,14 @@ def test_no_ttl_caches_nothing() -> None:
     assert names.lookup("/d/a") is None
     assert names.lookup("/d/new") is None
     assert not names.xattr_absent(11, "security.capability")
+
+
+def test_a_missing_name_is_trusted_no_longer_than_the_folder_it_was_asked_in() -> None:
+    names = NameCache(TTL)
+    names.put("/d", attr(10, stat.S_IFDIR | 0o755))
+    inode, until = names.mapping("/d") or (0, 0.0)
+    assert inode == 10
+    names.put_missing("/d/x", until=until - TTL / 2)  # /d was put half a ttl earlier than this answer
+    assert names.lookup("/d/x") is False
+    time.sleep(TTL * 0.6)
+    assert names.lookup("/d/x") is None
