@@ -5,18 +5,26 @@ by every change this mount makes, so this mount sees its own changes at once and
 changes within `ttl`, exactly as the kernel's caches promise. Paths map to inodes, and attributes
 are kept per inode, so a change made through one name of a hard-linked file shows under all.
 A directory this mount created or listed whole within `ttl` is *complete*: a name not cached in it
-does not exist, which answers the lookup before every create without a round trip. Callers hold no
-lock: every method is one dict operation or a short loop under the cache's own lock.
+does not exist, which answers the lookup before every create without a round trip. Completeness
+is never extended past `ttl` by this mount's own changes (another client's name, added meanwhile,
+would stay hidden longer than the entry timeout allows): the folder is listed again instead.
+A name this mount adds moves its folder's times as the master does (to the new entry's ctime), so
+the kernel's getattr of the folder after each create needs no round trip either; the folder's
+attributes keep their expiry. `security.*` extended attributes known to be absent (the kernel asks
+for security.capability before every write) are kept `ttl` too. Callers hold no lock: every method
+is one dict operation or a short loop under the cache's own lock.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 from dfs.protocol import Attr
 
 _NEGATIVE = -1
+PRUNE_EVERY = 20_000  # names put between two sweeps of expired entries
 
 
 def parent_of(path: str) -> str:
@@ -30,6 +38,8 @@ class NameCache:
         self._names: dict[str, tuple[int, float]] = {}  # path -> (inode or _NEGATIVE, expiry)
         self._attrs: dict[int, tuple[Attr, float]] = {}  # inode -> (attr, expiry)
         self._complete: dict[int, float] = {}  # directory inode -> expiry
+        self._no_xattr: dict[tuple[int, str], float] = {}  # (inode, name or "" for all) known absent -> expiry
+        self._puts = 0
         self._lock = threading.Lock()
 
     def lookup(self, path: str) -> Attr | bool | None:
@@ -38,17 +48,17 @@ class NameCache:
             return None
         now = time.monotonic()
         entry = self._names.get(path)
-        if entry is not None:
-            if entry[1] <= now:
-                return None
+        if entry is not None and entry[1] > now:
             if entry[0] == _NEGATIVE:
                 return False
             cached = self._attrs.get(entry[0])
             if cached is not None and cached[1] > now:
                 return cached[0]
             return None
-        parent = self._names.get(parent_of(path))
-        if parent is not None and parent[0] != _NEGATIVE and self._complete.get(parent[0], 0) > now:
+        if entry is not None and entry[0] != _NEGATIVE:
+            return None  # it existed a moment ago: not for a complete folder to deny
+        folder = self.inode_of(parent_of(path))
+        if folder is not None and self._complete.get(folder, 0) > now:
             return False
         return None
 
@@ -59,9 +69,14 @@ class NameCache:
         return None
 
     def inode_of(self, path: str) -> int | None:
+        entry = self.mapping(path)
+        return entry[0] if entry is not None else None
+
+    def mapping(self, path: str) -> tuple[int, float] | None:
+        """(inode, expiry) of `path` while it is trusted."""
         entry = self._names.get(path)
         if entry is not None and entry[0] != _NEGATIVE and entry[1] > time.monotonic():
-            return entry[0]
+            return entry
         return None
 
     def paths_of(self, inode: int) -> list[str]:
@@ -75,22 +90,69 @@ class NameCache:
         with self._lock:
             self._names[path] = (attr.inode, expiry)
             self._attrs[attr.inode] = (attr, expiry)
+            self._puts += 1
+            sweep = self._puts % PRUNE_EVERY == 0
+        if sweep:
+            self.prune()
 
     def put_attr(self, attr: Attr) -> None:
         if self.ttl > 0:
             self._attrs[attr.inode] = (attr, time.monotonic() + self.ttl)
 
-    def put_missing(self, path: str) -> None:
+    def put_missing(self, path: str, until: float | None = None) -> None:
+        """`path` does not exist, for `ttl` (or until `until`, when the answer came through a cached
+        name that is trusted no longer)."""
         if self.ttl > 0:
-            self._names[path] = (_NEGATIVE, time.monotonic() + self.ttl)
+            expiry = time.monotonic() + self.ttl
+            self._names[path] = (_NEGATIVE, expiry if until is None else min(expiry, until))
 
     def mark_complete(self, directory: int) -> None:
         """Every entry of `directory` is in the cache (it was just made, or listed whole)."""
         if self.ttl > 0:
             self._complete[directory] = time.monotonic() + self.ttl
 
+    def entry_added(self, folder: int, entry: Attr) -> None:
+        """This mount added `entry` to `folder`: the master set the folder's mtime and ctime to the
+        entry's ctime (and a subfolder adds a link). Its cached attributes follow, keeping their expiry."""
+        with self._lock:
+            cached = self._attrs.get(folder)
+            if cached is not None:
+                attr = replace(cached[0], mtime_ns=entry.ctime_ns, ctime_ns=entry.ctime_ns,
+                               nlink=cached[0].nlink + int(entry.is_dir))
+                self._attrs[folder] = (attr, cached[1])
+
     def forget_attr(self, inode: int) -> None:
         self._attrs.pop(inode, None)
+
+    def removed(self, path: str) -> None:
+        """This mount removed the file `path`: it is known missing, and its folder stays complete."""
+        with self._lock:
+            entry = self._names.get(path)
+            if entry is not None and entry[0] != _NEGATIVE:
+                self._attrs.pop(entry[0], None)
+            if self.ttl > 0:
+                self._names[path] = (_NEGATIVE, time.monotonic() + self.ttl)
+            else:
+                self._names.pop(path, None)
+
+    def xattr_absent(self, inode: int, name: str) -> bool:
+        """Whether `inode` is known to lack the extended attribute `name` (only security.* names,
+        which every caller may read: the answer does not depend on who asks)."""
+        if not name.startswith("security."):
+            return False
+        now = time.monotonic()
+        return self._no_xattr.get((inode, name), 0) > now or self._no_xattr.get((inode, ""), 0) > now
+
+    def put_xattr_absent(self, inode: int, name: str = "") -> None:
+        """`inode` lacks `name` (or, with no name, every extended attribute: a file just made)."""
+        if self.ttl > 0:
+            self._no_xattr[(inode, name)] = time.monotonic() + self.ttl
+
+    def xattr_set(self, inode: int, name: str) -> None:
+        """This mount gave `inode` the extended attribute `name`."""
+        with self._lock:
+            self._no_xattr.pop((inode, name), None)
+            self._no_xattr.pop((inode, ""), None)
 
     def _incomplete(self, path: str) -> None:
         """A name under `path`'s folder is no longer cached: the folder's listing is not complete."""
@@ -118,11 +180,12 @@ class NameCache:
             self._incomplete(path)
 
     def prune(self) -> None:
-        """Drop expired entries (called now and then, so the cache does not grow without bound)."""
+        """Drop expired entries (every PRUNE_EVERY puts, so the cache does not grow without bound)."""
         now = time.monotonic()
         with self._lock:
             for table in (self._names, self._attrs):
                 for key in [k for k, v in table.items() if v[1] <= now]:
                     del table[key]
-            for key in [k for k, v in self._complete.items() if v <= now]:
-                del self._complete[key]
+            for expiries in (self._complete, self._no_xattr):
+                for key in [k for k, v in expiries.items() if v <= now]:
+                    del expiries[key]

@@ -44,6 +44,7 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 PREFETCH_AFTER_MISSES = 3  # lookups missing the cache in one folder before it is listed whole
 PREFETCH_MAX_ENTRIES = 20_000
+NOOP_WINDOW = 0.02  # seconds after this mount's change to a file within which a chown changing nothing is skipped
 HIDDEN_PREFIX = ".fuse_hidden"
 ACL_PREFIX = "system.posix_acl_"
 RENAME_NOREPLACE = 1
@@ -90,6 +91,7 @@ class DfsOperations(mfusepy.Operations):
         self._fuse: Any = None  # libfuse's struct fuse, for invalidating what the kernel cached
         self._misses: dict[str, tuple[int, float]] = {}  # folder -> (cache misses, since when)
         self._told: dict[int, tuple[int, int]] = {}  # inode -> (size, mtime) the kernel was last given
+        self._stamped: dict[int, float] = {}  # inode -> when this mount's last change to it was sent
         self._lock = threading.Lock()
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -124,21 +126,42 @@ class DfsOperations(mfusepy.Operations):
         if hidden is not None:
             return self.run(self.client.getattr(hidden))
         cached = self.names.lookup(path)
-        if cached is None and self._folder_is_busy(path):
+        # only an unknown name counts towards listing its folder: a known one (the folder's own
+        # getattr after each unlink in it) costs one getattr, which a listing of its parent would not save
+        if cached is None and self.names.inode_of(path) is None and self._folder_is_busy(path):
             self._list_folder(parent_of(path))
             cached = self.names.lookup(path)
         if cached is False:
             raise FuseOSError(errno.ENOENT)
         if isinstance(cached, Attr):
             return cached
-        try:
-            attr = self.meta(self._me().stat(path, follow=False))
-        except DfsError as err:
-            if err.errno == errno.ENOENT:
-                self.names.put_missing(path)
-            raise
+        attr = self._fetch(path)
         self.names.put(path, attr)
         return attr
+
+    def _fetch(self, path: str) -> Attr:
+        """`path`'s attributes from the master, as cheaply as what we know allows: by inode (the
+        folder's getattr after each change in it), by parent and name, or by a walk of the whole
+        path. An ENOENT is remembered no longer than the name it came through is trusted (a folder
+        replaced elsewhere must not hide the names of its successor beyond the entry timeout)."""
+        client = self._me()
+        inode = ROOT_INODE if path == "/" else self.names.inode_of(path)
+        if inode is not None:
+            try:
+                return self.meta(client.getattr(inode))
+            except DfsError as err:
+                if err.errno != errno.ENOENT:
+                    raise
+                self.names.forget_path(path)  # that inode is gone: the name may be another's by now
+        parent = self.names.mapping(parent_of(path))
+        try:
+            if parent is not None:
+                return self.meta(client.lookup(parent[0], path.rsplit("/", 1)[1]))
+            return self.meta(client.stat(path, follow=False))
+        except DfsError as err:
+            if err.errno == errno.ENOENT:
+                self.names.put_missing(path, until=parent[1] if parent is not None else None)
+            raise
 
     def _folder_is_busy(self, path: str) -> bool:
         """Several misses in one folder within the cache time: worth listing it whole, once
@@ -228,6 +251,10 @@ class DfsOperations(mfusepy.Operations):
             self.names.forget_path(path)
             self._invalidate_kernel(path)
 
+    def _entry_added(self, parent: int, attr: Attr) -> None:
+        """This mount added `attr` to folder `parent`: its times moved to the entry's ctime."""
+        self.names.entry_added(parent, attr)
+
     def _entry_changed(self, path: str) -> None:
         """A name was added or removed in the folder of `path`: its times and link count moved
         (its own name, and what we know of its entries, stay good)."""
@@ -282,13 +309,20 @@ class DfsOperations(mfusepy.Operations):
             inode = self._attr(path).inode
         else:
             raise FuseOSError(errno.EBADF)
+        open_file = self._files.get(inode)
+        if open_file is not None and open_file.dirty and ("mtime_ns" in changes or "mtime_now" in changes):
+            open_file.flush(durable=False)  # the commit of earlier writes would move the mtime set here
+        sent = time.monotonic()
         attr = self.meta(client.setattr(inode, **changes))
+        self._stamp(attr.inode, sent)
         if attr.nlink > 1:
             self._other_names_changed(attr.inode, *([path] if path else []))
         if path is not None:
             self._changed(path, attr)
         else:
             self.names.put_attr(attr)
+            if open_file is not None:
+                open_file.handle.attr = attr
         return attr
 
     @fuse_op
@@ -299,9 +333,33 @@ class DfsOperations(mfusepy.Operations):
     @fuse_op
     def chown(self, path: str | None, uid: int, gid: int, fh: Any = None) -> int:
         changes = {k: v for k, v in (("uid", uid), ("gid", gid)) if v != -1}
-        if changes:
+        if changes and not self._owner_unchanged(path, fh, changes):
             self._setattr(path, fh, **changes)
         return 0
+
+    def _stamp(self, inode: int, sent: float) -> None:
+        """This mount changed `inode` with a call sent at `sent`: the master's ctime of it is no older."""
+        with self._lock:
+            if len(self._stamped) >= 10_000:
+                self._stamped = {k: v for k, v in self._stamped.items() if sent - v <= NOOP_WINDOW}
+            self._stamped[inode] = sent
+
+    def _owner_unchanged(self, path: str | None, fh: Any, changes: dict[str, int]) -> bool:
+        """Whether this chown would change nothing and may skip its round trip: `tar x` as root gives
+        each file it has just made and changed the owner it already has. Only within NOOP_WINDOW of
+        this mount's own change to the file (so what we know is its state, and the ctime the chown
+        would set differs from the one it has by less than that: a timestamp granularity, as the
+        kernel's coarse clock has), for its owner or root, and with no set-id bit a chown may drop."""
+        self._check_writable()
+        open_file = self._handles.get(_fh(fh)) if fh is not None else None
+        inode = open_file.inode if open_file is not None else self.names.inode_of(path) if path else None
+        stamped = self._stamped.get(inode) if inode is not None else None
+        if inode is None or stamped is None or time.monotonic() - stamped > NOOP_WINDOW:
+            return False
+        attr = self.names.attr(inode)
+        if attr is None or attr.mode & (stat.S_ISUID | stat.S_ISGID) or self._caller()[0] not in (0, attr.uid):
+            return False
+        return all(getattr(attr, key) == value for key, value in changes.items())
 
     @fuse_op
     def utimens(self, path: str | None, times: tuple[int, int] | None = None, fh: Any = None) -> int:
@@ -341,7 +399,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         attr = self.meta(self._me().mkdir(parent, name, stat.S_IMODE(mode), uid=uid, gid=gid))
-        self._entry_changed(path)
+        self._entry_added(parent, attr)
         self.names.put(path, attr)
         self.names.mark_complete(attr.inode)
         return 0
@@ -352,7 +410,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         attr, _ = self.meta(self._me().create(parent, name, mode, exclusive=True, uid=uid, gid=gid, rdev=dev))
-        self._entry_changed(path)
+        self._entry_added(parent, attr)
         self.names.put(path, attr)
         return 0
 
@@ -363,7 +421,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(target)
         uid, gid = self._caller()
         attr = self.meta(self._me().symlink_entry(parent, name, source, uid=uid, gid=gid))
-        self._entry_changed(target)
+        self._entry_added(parent, attr)
         self.names.put(target, attr)
         return 0
 
@@ -378,7 +436,7 @@ class DfsOperations(mfusepy.Operations):
         inode = self._attr(source).inode
         parent, name = self._split(target)
         attr = self.meta(self._me().link(inode, parent, name))
-        self._entry_changed(target)
+        self._entry_added(parent, attr)
         self._other_names_changed(attr.inode, target)  # their nlink and ctime moved
         self._changed(target, attr)
         return 0
@@ -400,11 +458,9 @@ class DfsOperations(mfusepy.Operations):
         self._removals += 1
         self.meta(self._me().unlink(parent, name, held=self._held()))
         self._entry_changed(path)
-        self.names.forget_path(path)
-        self.names.put_missing(path)
+        self.names.removed(path)
         if attr.nlink > 1:
             self._other_names_changed(attr.inode)
-        self.names.forget_attr(attr.inode)
         return 0
 
     @fuse_op
@@ -530,8 +586,12 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         exclusive = bool(fi.flags & os.O_EXCL) if fi is not None else True
-        attr, _ = self.meta(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
-        self._entry_changed(path)
+        sent = time.monotonic()
+        attr, created = self.meta(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
+        if created:
+            self._stamp(attr.inode, sent)
+            self._entry_added(parent, attr)
+            self.names.put_xattr_absent(attr.inode)  # nothing to ask before its writes (security.capability)
         self.names.put(path, attr)
         self._register(attr, fi)
         return 0
@@ -638,14 +698,24 @@ class DfsOperations(mfusepy.Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if name.startswith(ACL_PREFIX):
             raise FuseOSError(errno.EOPNOTSUPP)
-        return self.meta(self._me().getxattr(self._attr(path).inode, name))
+        inode = self._attr(path).inode
+        if self.names.xattr_absent(inode, name):
+            raise FuseOSError(errno.ENODATA)
+        try:
+            return self.meta(self._me().getxattr(inode, name))
+        except DfsError as err:
+            if err.errno == errno.ENODATA:
+                self.names.put_xattr_absent(inode, name)
+            raise
 
     @fuse_op
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> int:
         self._check_writable()
         if name.startswith(ACL_PREFIX):  # no POSIX ACLs: tools such as cp -a then fall back to chmod
             raise FuseOSError(errno.EOPNOTSUPP)
-        self.meta(self._me().setxattr(self._attr(path).inode, name, bytes(value), options))
+        inode = self._attr(path).inode
+        self.meta(self._me().setxattr(inode, name, bytes(value), options))
+        self.names.xattr_set(inode, name)
         self.names.forget_path(path)
         return 0
 

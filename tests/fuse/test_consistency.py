@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dfs.auth import auth_headers
+from dfs.client.sync import SyncClient
 from dfs.launcher import Mount
 from tests.harness import TEST_ADMIN_KEY, Cluster
 
@@ -53,6 +54,31 @@ def test_names_visible_across_mounts(mnt: Path, second_mount: Path) -> None:
     while (mnt / "made-here").exists():
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_other_mounts_names_show_in_a_folder_this_mount_fills(mnt: Path, mounted_cluster, second_mount: Path) -> None:
+    """This mount answers lookups in a folder it made (or listed) from its cache, and patches the folder's
+    times after its own creates: another mount's new name still shows within the entry timeout."""
+    cluster, mount = mounted_cluster
+    folder = mnt / "filling"
+    folder.mkdir()
+    (folder / "first").touch()
+    (second_mount / mnt.name / "filling" / "from-there").touch()
+    started = time.monotonic()
+    count = 0
+    while not (folder / "from-there").exists():
+        assert time.monotonic() - started < 2.5, "a name made on the other mount stayed hidden past the timeout"
+        (folder / f"here-{count}").touch()  # keep this mount busy adding names to the folder
+        count += 1
+        time.sleep(0.01)
+    with SyncClient(cluster.master_url) as fs:  # the folder's times, as this mount patched them, are the master's
+        relative = "/" + str(folder.relative_to(mount.mountpoint))
+        (folder / "last").touch()
+        seen = os.stat(folder)
+        master = fs.stat(relative)
+        assert (seen.st_mtime_ns, seen.st_ctime_ns, seen.st_nlink) == (master.mtime_ns, master.ctime_ns, master.nlink)
+        (folder / "sub").mkdir()
+        assert os.stat(folder).st_nlink == fs.stat(relative).nlink == 3
 
 
 def test_mount_and_gateway_agree(mnt: Path, mounted_cluster) -> None:

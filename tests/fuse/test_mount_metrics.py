@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 import urllib.error
 from collections.abc import AsyncIterator, Iterator
@@ -92,3 +93,78 @@ def test_mount_metrics_follow_the_work(metered_mount: tuple[Cluster, Mount, str]
     with pytest.raises((ConnectionRefusedError, urllib.error.URLError)), socket.create_connection(
             ("127.0.0.1", port), timeout=2):
         pass
+
+
+def test_filling_a_folder_costs_one_round_trip_per_file(metered_mount: tuple[Cluster, Mount, str]) -> None:
+    """The lookup before each create, the folder's getattr after it and the kernel's security.capability
+    question before each write are answered from the mount's caches; only the creates reach the master."""
+    _, mount, url = metered_mount
+    folder = mount.mountpoint / "filled"
+    folder.mkdir()
+    count = 200
+    before = scrape(url)
+    started = time.monotonic()
+    for i in range(count):
+        fd = os.open(folder / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.write(fd, b"x")
+        os.close(fd)
+    after = scrape(url)
+    seconds = time.monotonic() - started
+
+    def calls(*ops: str) -> float:
+        return sum(value(after, "dfs_client_master_calls_total", operation=op, result=result)
+                   - value(before, "dfs_client_master_calls_total", operation=op, result=result)
+                   for op in ops for result in ("ok", "error"))
+
+    assert calls("create") == count
+    assert calls("getxattr") == 0
+    # the folder's listing and times expire each second (entry timeout): a few round trips per second
+    per_second = 8
+    assert calls("resolve", "lookup", "getattr", "readdir") <= 5 + per_second * seconds
+
+    before = scrape(url)
+    started = time.monotonic()
+    for i in range(count):
+        os.unlink(folder / f"f{i}")
+    after = scrape(url)
+    seconds = time.monotonic() - started
+    assert calls("unlink") == count
+    # the folder's getattr after each unlink (its new times are not in the reply); names come from the cache
+    assert calls("resolve", "lookup", "readdir", "getattr") <= count + 5 + per_second * seconds
+
+
+def test_a_chown_changing_nothing_right_after_a_change_is_skipped(metered_mount: tuple[Cluster, Mount, str]) -> None:
+    """`tar x` as root: create, write, futimens, fchown to the owner the file has, fchmod, close. The
+    fchown needs no round trip; the times set stick (the writes are committed first); a real change of
+    owner, and a chown long after, still go to the master."""
+    _, mount, url = metered_mount
+
+    def extract(name: str) -> None:
+        fd = os.open(mount.mountpoint / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(fd, b"data")
+            os.utime(fd, ns=(1_000_000_000, 2_000_000_000))
+            os.fchown(fd, os.getuid(), os.getgid())
+            os.fchmod(fd, 0o644)
+        finally:
+            os.close(fd)
+
+    extract("warm-up")  # the first file opens the connections to the chunkservers
+    count = 10
+    before = scrape(url)
+    for i in range(count):
+        extract(f"extracted-{i}")
+    after = scrape(url)
+    setattrs = value(after, "dfs_client_master_calls_total", operation="setattr", result="ok") - value(
+        before, "dfs_client_master_calls_total", operation="setattr", result="ok")
+    assert setattrs <= 2 * count + count // 2  # the times and the mode; a loaded machine may miss the window
+    path = mount.mountpoint / "extracted-0"
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_size) == (
+        os.getuid(), os.getgid(), 0o644, 2_000_000_000, 4)
+    os.chown(path, 4321, 8765)
+    assert (os.stat(path).st_uid, os.stat(path).st_gid) == (4321, 8765)
+    time.sleep(0.05)
+    ctime = os.stat(path).st_ctime_ns
+    os.chown(path, 4321, 8765)  # long after the last change: ctime moves, as POSIX says
+    assert os.stat(path).st_ctime_ns > ctime
