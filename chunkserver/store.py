@@ -70,6 +70,9 @@ MAX_ID = (1 << 63) - 1
 SLICE = STREAM_SLICE
 assert SLICE % BLOCK_SIZE == 0
 
+#: Slices at least this long start their writeback at once (streaming writes; small ones need not).
+WRITE_BEHIND = SLICE // 2
+
 ZERO_BLOCK_DIGEST = block_digest(bytes(BLOCK_SIZE))
 _ZEROS = memoryview(bytes(SLICE))
 _NAME = re.compile(r"([1-9][0-9]{0,18})\.(chunk|meta)")
@@ -800,6 +803,8 @@ class ChunkWriter:
     def _write_sync(self, buf: bytearray, pos: int, size: int) -> None:
         view = memoryview(buf)[:size]
         _pwrite_all(self._fd, view, pos)
+        if size >= WRITE_BEHIND:
+            diskio.start_writeback(self._fd, pos, size)
         block = nblocks(pos)
         while (block + 1) * BLOCK_SIZE <= pos + size:
             start = block * BLOCK_SIZE - pos

@@ -6,11 +6,13 @@ import asyncio
 import errno
 import os
 import random
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from chunkserver import diskio
 from chunkserver.store import BLOCK_SIZE, FLAG_PENDING, HEADER, ChunkStore, chunk_paths, read_meta
 from dfs.checksum import chunk_digest, digests_of
 from dfs.errors import DfsError
@@ -318,3 +320,15 @@ async def test_crash_mid_write_is_recovered_by_next_write(tmp_path: Path) -> Non
     data[:3] = b"new"
     assert await read_all(again, 3, 3, 0, MiB) == data
     expect_digests_match(again, 3, bytes(data))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sync_file_range is Linux's")
+async def test_large_writes_start_their_writeback(tmp_path: Path) -> None:
+    """Large writes take the write-behind path (sync_file_range(2), bound from libc on Linux) and
+    still store the bytes and digests written."""
+    assert diskio._SYNC_FILE_RANGE is not None
+    store = await opened(tmp_path)
+    data = os.urandom(3 * MiB + 5)
+    await write(store, 9, 1, 0, data)
+    assert await read_all(store, 9, 1, 0, len(data)) == data
+    expect_digests_match(store, 9, data)
