@@ -33,6 +33,15 @@ class DirtyExtents:
         if first and self._starts[first - 1] + len(self._data[first - 1]) >= offset:
             first -= 1
         last = bisect.bisect_right(self._starts, end)
+        if last - first == 1 and self._starts[first] <= offset:
+            # within or past the end of one extent (a sequential write): in place, amortised growth,
+            # not a new buffer of the whole extent per write
+            extent = self._data[first]
+            before = len(extent)
+            start = offset - self._starts[first]
+            extent[start : start + len(data)] = data
+            self.total += len(extent) - before
+            return
         if first == last:  # touches nothing
             self._starts.insert(first, offset)
             self._data.insert(first, bytearray(data))
@@ -53,8 +62,8 @@ class DirtyExtents:
         i = bisect.bisect_right(self._starts, offset + size - 1)
         return i > 0 and self._starts[i - 1] + len(self._data[i - 1]) > offset
 
-    def take(self) -> list[tuple[int, bytes]]:
-        """Every extent, in order, leaving the set empty."""
-        out = [(s, bytes(d)) for s, d in zip(self._starts, self._data, strict=True)]
+    def take(self) -> list[tuple[int, bytearray]]:
+        """Every extent, in order, leaving the set empty (the buffers are handed over, not copied)."""
+        out = list(zip(self._starts, self._data, strict=True))
         self._starts, self._data, self.total = [], [], 0
         return out

@@ -3,7 +3,8 @@
 Contract: one `OpenFile` per inode, shared by every open handle of that inode in this mount, so
 that what one handle wrote is what another reads (POSIX read-after-write in one mount). Writes
 are gathered in a buffer of `write_buffer` bytes and sent in the background while the next buffer
-fills (at most one in flight per file); a failed background send is reported by the next write,
+fills (at most SENDS_IN_FLIGHT buffers per file, and never two that overlap: a later send must not
+be overtaken by an earlier one of the same bytes); a failed background send is reported by the next write,
 flush, fsync or close of the file, as NFS reports write-back errors. Reads first send what is
 buffered, then serve sequential reads from a read-ahead window fetched in one request. Every byte
 held for buffers and windows is charged to the mount's `MemoryBudget`; past the cap, writes wait
@@ -13,6 +14,7 @@ for sends to finish and read-ahead is skipped.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import threading
@@ -27,6 +29,23 @@ from fuse.extents import DirtyExtents
 log = logging.getLogger("dfs.fuse")
 
 SEND_CONCURRENCY = 8  # chunk writes of one file in flight at once when its dirty bytes are scattered
+#: Buffers of one file being sent at once: the next buffer's request starts while the last one's
+#: reply comes back along the chain, so a sequential writer does not wait for each round trip.
+SENDS_IN_FLIGHT = 2
+
+
+class _Send:
+    """One buffer handed to the event loop: its future, the bytes charged for it, the ranges it covers."""
+
+    __slots__ = ("charged", "future", "ranges")
+
+    def __init__(self, future: concurrent.futures.Future, charged: int, ranges: list[tuple[int, int]]) -> None:
+        self.future = future
+        self.charged = charged
+        self.ranges = ranges
+
+    def overlaps(self, ranges: list[tuple[int, int]]) -> bool:
+        return any(a < d and c < b for a, b in self.ranges for c, d in ranges)
 
 
 class MemoryBudget:
@@ -77,8 +96,7 @@ class OpenFile:
         self.mtime_ns: int | None = None  # set by local writes not yet committed
         self._dirty = DirtyExtents()
         self._buf_charged = 0
-        self._inflight: concurrent.futures.Future | None = None
-        self._inflight_charged = 0
+        self._sends: collections.deque[_Send] = collections.deque()  # oldest first
         self._error: DfsError | None = None
         self._window = b""
         self._window_offset = 0
@@ -94,12 +112,11 @@ class OpenFile:
     @property
     def unsent_bytes(self) -> int:
         """Bytes written here and not yet acknowledged by the chunkservers (buffered or being sent)."""
-        inflight = self._inflight
-        return self._dirty.total + (self._inflight_charged if inflight is not None and not inflight.done() else 0)
+        return self._dirty.total + sum(send.charged for send in list(self._sends) if not send.future.done())
 
     @property
     def dirty(self) -> bool:
-        return bool(self._dirty) or self._inflight is not None or self.handle.dirty
+        return bool(self._dirty) or bool(self._sends) or self.handle.dirty
 
     # ---- writing ------------------------------------------------------------------------------
 
@@ -129,14 +146,16 @@ class OpenFile:
         self._buf_charged += n
 
     def _send_buffer(self) -> None:
-        """Hand the dirty extents to the event loop; at most one send in flight per file."""
+        """Hand the dirty extents to the event loop, after the sends they must not race with."""
         if not self._dirty:
             return
-        self._wait_inflight()
         extents, charged = self._dirty.take(), self._buf_charged
         self._buf_charged = 0
-        self._inflight = self.loop.submit(self._write_extents(extents))
-        self._inflight_charged = charged
+        ranges = [(offset, offset + len(data)) for offset, data in extents]
+        while self._sends and (len(self._sends) >= SENDS_IN_FLIGHT
+                               or any(send.overlaps(ranges) for send in self._sends)):
+            self._wait_oldest()
+        self._sends.append(_Send(self.loop.submit(self._write_extents(extents)), charged, ranges))
 
     async def _write_extents(self, extents: list[tuple[int, bytes]]) -> None:
         """Send extents a few at a time: scattered small writes cost round trips, not bandwidth."""
@@ -150,17 +169,19 @@ class OpenFile:
                     raise result
 
     def _wait_inflight(self) -> None:
-        future, self._inflight = self._inflight, None
-        if future is None:
-            return
+        while self._sends:
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        send = self._sends[0]
         try:
-            future.result()
+            send.future.result()
         except DfsError as err:
             log.error("write-back of inode %d failed: %s", self.inode, err.message)
             self._error = self._error or err
         finally:
-            self.budget.give(self._inflight_charged)
-            self._inflight_charged = 0
+            self._sends.popleft()
+            self.budget.give(send.charged)
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -192,7 +213,7 @@ class OpenFile:
 
     def read(self, offset: int, size: int) -> bytes:
         with self.lock:
-            if self._inflight is not None or self._dirty.overlaps(offset, size) or (
+            if self._sends or self._dirty.overlaps(offset, size) or (
                     self._dirty and offset + size > self.handle.size):
                 self.send_all()
             end = min(offset + size, self.size)

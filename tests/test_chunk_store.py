@@ -6,11 +6,13 @@ import asyncio
 import errno
 import os
 import random
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from chunkserver import diskio
 from chunkserver.store import BLOCK_SIZE, FLAG_PENDING, HEADER, ChunkStore, chunk_paths, read_meta
 from dfs.checksum import chunk_digest, digests_of
 from dfs.errors import DfsError
@@ -318,3 +320,29 @@ async def test_crash_mid_write_is_recovered_by_next_write(tmp_path: Path) -> Non
     data[:3] = b"new"
     assert await read_all(again, 3, 3, 0, MiB) == data
     expect_digests_match(again, 3, bytes(data))
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="sync_file_range and O_DIRECT are Linux's")
+async def test_large_writes_bypass_the_page_cache(tmp_path: Path) -> None:
+    """Large writes send their aligned slices with O_DIRECT (the rest buffered, with write-behind);
+    mixed with small buffered writes over the same pages, the chunk holds what a file would."""
+    assert diskio._SYNC_FILE_RANGE is not None
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    direct = diskio.open_direct(probe)
+    assert direct is not None  # the data dir's file system takes O_DIRECT: the test covers that path
+    os.close(direct)
+    store = await opened(tmp_path)
+    model = bytearray()
+
+    async def put(version: int, offset: int, data: bytes) -> None:
+        await write(store, 9, version, offset, data)
+        model[len(model) : offset + len(data)] = bytes(max(0, offset + len(data) - len(model)))
+        model[offset : offset + len(data)] = data
+
+    await put(1, 0, os.urandom(3 * MiB + 5))  # aligned: direct, with a buffered tail
+    await put(1, 5000, os.urandom(300))  # small and buffered, inside pages written directly
+    await put(2, 1000, os.urandom(2 * MiB))  # unaligned start: first slice buffered, then direct
+    await put(2, 4 * MiB, os.urandom(MiB + 4096))  # past the end, after a gap
+    assert await read_all(store, 9, 2, 0, len(model)) == model
+    expect_digests_match(store, 9, bytes(model))

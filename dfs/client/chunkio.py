@@ -27,6 +27,13 @@ _ZEROS = bytes(STREAM_SLICE)
 READ_TIMEOUT = 2.0
 
 
+async def _slices(data: memoryview) -> AsyncIterator[memoryview]:
+    """A request body in STREAM_SLICE views: each goes to the socket as it is, where one large body
+    would be joined to the headers and copied into the transport's buffer (two copies of it)."""
+    for pos in range(0, len(data), STREAM_SLICE):
+        yield data[pos : pos + STREAM_SLICE]
+
+
 def zeros(length: int) -> AsyncIterator[bytes]:
     """`length` zero bytes in slices: what a hole in a sparse file reads as."""
 
@@ -132,10 +139,12 @@ class ChunkIO:
         if sync:
             params["sync"] = "1"
         headers = {CHAIN_HEADER: ",".join(r.url for r in rest), "Content-Type": "application/octet-stream",
-                   TOKEN_HEADER: lease.token}
+                   "Content-Length": str(len(data)), TOKEN_HEADER: lease.token}
+        view = memoryview(data).cast("B")
+        body = view if len(view) <= STREAM_SLICE else _slices(view)
         try:
             async with self.session.put(f"{head.url}/chunks/{lease.chunk_id}", params=params,
-                                        data=data, headers=headers) as resp:
+                                        data=body, headers=headers) as resp:
                 if resp.status >= 400:
                     raise await error_from_response(resp)
                 body = await resp.json(content_type=None)

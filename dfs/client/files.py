@@ -28,6 +28,7 @@ log = logging.getLogger("dfs.client")
 LOCATION_BATCH = 256  # chunk slots asked for in one `chunks` call
 WRITE_ATTEMPTS = 4
 LEASE_MARGIN = 5.0  # seconds before expiry when a cached lease is renewed
+SYNC_CONCURRENCY = 8  # chunks of one file fsynced at once by fsync()
 
 
 class FileHandle:
@@ -250,15 +251,24 @@ class FileHandle:
         nothing either way, since the data is in its page cache)."""
         async with self._lock:
             if durable:
-                for index in sorted(self._unsynced):
-                    if index in self._leases:
-                        await self._write_piece(index, 0, memoryview(b""), sync=True)
+                await self._sync_chunks([index for index in sorted(self._unsynced) if index in self._leases])
                 self._unsynced.clear()
             if self._dirty:
                 reply = await self.client.master.call("commit", inode=self.inode, client=self.client.client_id,
                                                       size=self.size, release=False)
                 self.attr = Attr.from_json(reply["attr"])
                 self._dirty = False
+
+    async def _sync_chunks(self, indices: list[int]) -> None:
+        """fsync these chunks on every replica, SYNC_CONCURRENCY at a time (each is a round trip
+        through the chain and a few disk flushes, mostly waiting)."""
+        gate = asyncio.Semaphore(SYNC_CONCURRENCY)
+
+        async def sync(index: int) -> None:
+            async with gate:
+                await self._write_piece(index, 0, memoryview(b""), sync=True)
+
+        await asyncio.gather(*(sync(index) for index in indices))
 
     async def fsync(self) -> None:
         await self.flush()

@@ -75,6 +75,25 @@ def test_overwrite_and_append(mnt: Path) -> None:
     assert path.read_bytes() == bytes(data) + b"tail"
 
 
+def test_rewrites_while_buffers_are_in_flight(mnt: Path) -> None:
+    """Full write buffers go out while the next fills; a later buffer of the same bytes never
+    overtakes an earlier one, and sequential buffers all land."""
+    path = mnt / "rewritten"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        for i in range(6):  # each fills the 8 MiB buffer with the same range: sends in order
+            os.pwrite(fd, bytes([i]) * (8 * MiB), 0)
+        tail = os.urandom(20 * MiB + 7)  # several buffers after it, sent two at a time
+        for pos in range(0, len(tail), MiB):
+            os.pwrite(fd, tail[pos : pos + MiB], 8 * MiB + pos)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    with open(path, "rb") as f:
+        assert f.read(8 * MiB) == bytes([5]) * (8 * MiB)
+        assert f.read() == tail
+
+
 def test_truncate_and_ftruncate(mnt: Path) -> None:
     path = mnt / "tr"
     data = os.urandom(2 * MiB)
