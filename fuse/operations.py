@@ -28,6 +28,7 @@ from mfusepy import FuseOSError
 from dfs.client.channel import run_inline
 from dfs.client.client import Client
 from dfs.client.files import FileHandle
+from dfs.client.inlineio import Connections, inline_client
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
 from dfs.names import NAME_MAX
@@ -75,6 +76,8 @@ class DfsOperations(mfusepy.Operations):
         self.client = client  # calls as the mount itself: open files
         client.open_channels()  # namespace calls go from the FUSE thread itself (dfs/client/channel.py)
         self.inline = client.inline()
+        self.chunk_connections = Connections()
+        self.data = inline_client(client, self.chunk_connections)  # open files' calls, from the FUSE thread
         self.callers = Callers(self.inline, act_for_callers)  # calls as the process behind the request
         self.loop = loop
         self.options = options
@@ -258,6 +261,7 @@ class DfsOperations(mfusepy.Operations):
                 open_file.close()
             except DfsError as err:
                 log.error("inode %d: could not flush at unmount: %s", open_file.inode, err.message)
+        self.chunk_connections.close()
 
     # ---- attributes ---------------------------------------------------------------------------
 
@@ -509,7 +513,7 @@ class DfsOperations(mfusepy.Operations):
         with self._lock:
             open_file = self._files.get(attr.inode)
             if open_file is None:
-                handle = FileHandle(self.client, attr)
+                handle = FileHandle(self.client, attr, inline=self.data)
                 open_file = OpenFile(handle, self.loop, self.budget, self.options.write_buffer,
                                      self.options.read_ahead)
                 self._files[attr.inode] = open_file
@@ -581,7 +585,7 @@ class DfsOperations(mfusepy.Operations):
     def flush(self, path: str | None, fh: Any) -> int:
         open_file = self._open_file(fh)
         if open_file.dirty:
-            open_file.flush(durable=False)
+            open_file.flush(durable=False, closing=True)
             self.names.put_attr(open_file.handle.attr)
         return 0
 
