@@ -21,7 +21,7 @@ from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import MasterLink
 from chunkserver.metrics import COPIES, FORWARDED_BYTES, READ_BYTES, WRITES, add_chunkserver_metrics
 from chunkserver.scrubber import Scrubber
-from chunkserver.store import MAX_ID, ChunkStore
+from chunkserver.store import MAX_ID, SMALL_READ, ChunkStore
 from dfs import tls
 from dfs.errors import DfsError
 from dfs.metrics import metrics_middleware
@@ -192,6 +192,11 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         await response.write_eof()
         return response
+    if end - start <= SMALL_READ:  # read whole, then headers and body in one send
+        async with contextlib.aclosing(store.read(chunk_id, version, start, end)) as pieces:
+            body = b"".join([piece async for piece in pieces])
+        READ_BYTES.inc(len(body))
+        return web.Response(body=body, status=response.status, headers=response.headers)
     async with contextlib.aclosing(store.read(chunk_id, version, start, end)) as pieces:
         first = await anext(pieces)  # errors before the headers go out become JSON replies
         await response.prepare(request)
