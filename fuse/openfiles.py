@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from dfs.client.channel import run_inline
+from dfs.client.client import Client
 from dfs.client.files import FileHandle
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
@@ -36,6 +37,13 @@ SEND_CONCURRENCY = 8  # chunk writes of one file in flight at once when its dirt
 INLINE_EXTENTS = 4  # a final send of at most this many extents and INLINE_BYTES goes from the calling thread
 INLINE_BYTES = 1024 * 1024
 SEQUENTIAL_STREAK = 2  # reads following each other before read-ahead starts (a random read may follow one)
+
+
+async def open_attr(client: Client, inode: int, access: int, reading: bool) -> tuple[Attr, list[dict]]:
+    """An open's fresh attributes (close-to-open) and, when it reads, where its first chunk is, in one
+    round trip: `chunks` replies for `FileHandle.seed_locations`."""
+    reply = await client.master.call("getattr", inode=inode, access=access, chunks=1 if reading else 0)
+    return Attr.from_json(reply["attr"]), list(reply.get("chunks", []))
 
 
 class MemoryBudget:

@@ -36,7 +36,7 @@ from dfs.protocol import ROOT_INODE, Attr
 from fuse.callers import Callers
 from fuse.errors import fuse_op
 from fuse.namecache import NameCache, parent_of
-from fuse.openfiles import MemoryBudget, OpenFile
+from fuse.openfiles import MemoryBudget, OpenFile, open_attr
 from fuse.options import MountOptions
 
 log = logging.getLogger("dfs.fuse")
@@ -550,7 +550,8 @@ class DfsOperations(mfusepy.Operations):
         # close-to-open: every open asks the master for fresh attributes, even while another handle
         # (or a release the kernel has not sent yet) keeps our open state of the file alive
         writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)  # reads: the kernel checked (and exec)
-        attr = self.meta(self._me().getattr(inode, access=os.W_OK if writing else 0))
+        reading = fi.flags & os.O_ACCMODE != os.O_WRONLY
+        attr, locations = self.meta(open_attr(self._me(), inode, os.W_OK if writing else 0, reading))
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
         if existing is not None:
@@ -566,6 +567,8 @@ class DfsOperations(mfusepy.Operations):
             self._invalidate_kernel(path)
         self.names.put(path, attr)
         self._register(attr, fi)
+        if locations:
+            self._handles[fi.fh].handle.seed_locations(locations)
         if fi.flags & os.O_TRUNC and attr.size:  # libfuse 3 passes O_TRUNC on (atomic_o_trunc)
             open_file = self._handles[fi.fh]
             open_file.truncate(0)

@@ -131,6 +131,12 @@ class FileHandle:
             self._fetched.add(batch)
         return self._locations.get(index)
 
+    def seed_locations(self, items: list[dict]) -> None:
+        """Locations the master sent along with something else (an open's getattr: `chunks` replies)."""
+        for item in items:
+            loc = ChunkLocation.from_json(item)
+            self._locations.setdefault(loc.index, loc)
+
     def refresh(self, attr: Attr) -> None:
         """Take attributes fetched anew (close-to-open): new size, and locations asked again."""
         self.attr = attr
