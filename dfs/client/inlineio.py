@@ -135,7 +135,7 @@ class Connections:
 
 
 def _head(method: str, target: str, host: str, port: int, headers: dict[str, str], length: int) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {f'[{host}]' if ':' in host else host}:{port}"]
     if length or method in ("PUT", "POST"):
         lines.append(f"Content-Length: {length}")
     for name, value in headers.items():
