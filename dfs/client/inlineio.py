@@ -52,8 +52,8 @@ class Reply(NamedTuple):
 class _Conn:
     """One keep-alive connection to one server."""
 
-    def __init__(self, scheme: str, host: str, port: int) -> None:
-        sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+    def __init__(self, scheme: str, host: str, port: int, timeout: float) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if scheme == "https":
             sock = tls.client_context().wrap_socket(sock, server_hostname=host)
@@ -90,7 +90,7 @@ class Connections:
         key = (scheme, host, port)
         head = _head(method, target, host, port, headers, len(body))
         for _ in range(2):
-            conn = self._take(key)
+            conn = self._take(key, min(CONNECT_TIMEOUT, timeout or CONNECT_TIMEOUT))
             try:
                 conn.sock.settimeout(SLOW_TIMEOUT if timeout is None else timeout)
                 reply, reusable = _exchange(conn, head, body)
@@ -107,14 +107,14 @@ class Connections:
             return reply
         raise ConnectionError(f"{base_url} closed the connection twice")
 
-    def _take(self, key: tuple[str, str, int]) -> _Conn:
+    def _take(self, key: tuple[str, str, int], connect_timeout: float) -> _Conn:
         with self._lock:
             if self.closed:
                 raise ConnectionError("the client is closed")
             idle = self._idle.get(key)
             if idle:
                 return idle.pop()
-        return _Conn(*key)
+        return _Conn(*key, connect_timeout)
 
     def _give_back(self, key: tuple[str, str, int], conn: _Conn) -> None:
         conn.used = True
