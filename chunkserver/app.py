@@ -21,7 +21,7 @@ from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import MasterLink
 from chunkserver.metrics import COPIES, FORWARDED_BYTES, READ_BYTES, WRITES, add_chunkserver_metrics
 from chunkserver.scrubber import Scrubber
-from chunkserver.store import MAX_ID, ChunkStore
+from chunkserver.store import MAX_ID, SMALL_READ, ChunkStore
 from dfs import tls
 from dfs.errors import DfsError
 from dfs.metrics import metrics_middleware
@@ -180,14 +180,18 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     start, end = wanted or (0, chunk_size)
     store = request.app[STORE]
     info = await store.check_readable(chunk_id, version)
-    response = web.StreamResponse(status=206 if wanted else 200)
+    headers = {"Accept-Ranges": "bytes", "X-DFS-Version": str(version), "X-DFS-Length": str(info["length"])}
+    if wanted:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{chunk_size}"
+    status = 206 if wanted else 200
+    if end - start <= SMALL_READ and request.method != "HEAD":  # read whole: headers and body in one send
+        async with contextlib.aclosing(store.read(chunk_id, version, start, end)) as pieces:
+            body = b"".join([piece async for piece in pieces])
+        READ_BYTES.inc(len(body))
+        return web.Response(body=body, status=status, headers=headers, content_type="application/octet-stream")
+    response = web.StreamResponse(status=status, headers=headers)
     response.content_type = "application/octet-stream"
     response.content_length = end - start
-    response.headers["Accept-Ranges"] = "bytes"
-    response.headers["X-DFS-Version"] = str(version)
-    response.headers["X-DFS-Length"] = str(info["length"])
-    if wanted:
-        response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{chunk_size}"
     if request.method == "HEAD":
         await response.prepare(request)
         await response.write_eof()

@@ -31,7 +31,9 @@ flag. A write that breaks off leaves a meta that matches the data but stays pend
 pending at start (a crash mid-write) has all its digests recomputed by its next completed write.
 
 Reads verify every block against its digest before returning any byte of it; a mismatch moves the
-chunk's files to quarantine/ and raises EBADMSG.
+chunk's files to quarantine/ and raises EBADMSG. Small reads (random 4 KiB reads of a mount) keep
+the data file and the digests of the last OPEN_CHUNKS chunks open, and take bytes already in the
+page cache on the event loop (RWF_NOWAIT): each hop to a disk thread costs more than the read.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import sys
 import time
 import uuid
 from array import array
+from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +73,11 @@ MAX_ID = (1 << 63) - 1
 #: Bytes per disk call of a streaming read or write; a multiple of BLOCK_SIZE.
 SLICE = STREAM_SLICE
 assert SLICE % BLOCK_SIZE == 0
+#: Reads of at most this many bytes use the open chunks and try the page cache from the event loop.
+SMALL_READ = 256 * 1024
+#: Chunks kept open (data file and digests) for small reads.
+OPEN_CHUNKS = 64
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
 #: Slices at least this long start their writeback at once (streaming writes; small ones need not).
 WRITE_BEHIND = SLICE // 2
@@ -195,6 +203,18 @@ class Entry:
                 "pending": self.pending}
 
 
+@dataclass(slots=True, eq=False)
+class OpenChunk:
+    """A chunk's data file and digests as of `generation`, open for reads; closed once `dropped`
+    and no read uses it."""
+
+    fd: int
+    digests: array
+    generation: int
+    users: int = 0
+    dropped: bool = False
+
+
 class ChunkStore:
     """Chunks of one chunkserver across its data dirs. Use from one event loop."""
 
@@ -208,6 +228,7 @@ class ChunkStore:
         self._reserved = 0
         self._locks: dict[int, list[Any]] = {}
         self._bad: list[dict[str, Any]] = []
+        self._open: OrderedDict[int, OpenChunk] = OrderedDict()  # chunk id -> open for small reads, LRU
 
     # ---- start, space, reports
 
@@ -452,13 +473,20 @@ class ChunkStore:
         data_end = min(end, length)
         pos = start
         if pos < data_end:
+            small = data_end - start <= SMALL_READ
+            opened = self._opened(entry) if small else None
+            if opened is None:
+                try:
+                    fd, digests, first = await diskio.run(_open_read, entry.root, chunk_id, version, length, pos,
+                                                          _slice_end(pos, data_end))
+                except ValueError as exc:
+                    await self._corrupt(entry, generation, f"bad meta file: {exc}")
+                opened = self._keep_open(entry, generation, fd, digests, small)
+                future: asyncio.Future[tuple[memoryview, int]] | None = _done(first)
+            else:
+                future = _read_cached(opened, pos, _slice_end(pos, data_end), length)
+            opened.users += 1
             try:
-                fd, digests = await diskio.run(_open_read, entry.root, chunk_id, version, length)
-            except ValueError as exc:
-                await self._corrupt(entry, generation, f"bad meta file: {exc}")
-            future: asyncio.Future[tuple[memoryview, int]] | None = None
-            try:
-                future = diskio.submit(_read_slice, fd, digests, pos, _slice_end(pos, data_end), length)
                 while future is not None:
                     view, bad = await future
                     nxt = _slice_end(pos, data_end)
@@ -466,19 +494,51 @@ class ChunkStore:
                     if bad >= 0:
                         await self._corrupt(entry, generation, f"block {bad} checksum mismatch")
                     if nxt < data_end:
-                        future = diskio.submit(_read_slice, fd, digests, nxt, _slice_end(nxt, data_end), length)
+                        future = diskio.submit(_read_slice, opened.fd, opened.digests, nxt, _slice_end(nxt, data_end),
+                                               length)
                     pos = nxt
                     yield view
             finally:
                 if future is not None and not future.done():
-                    future.add_done_callback(lambda _: os.close(fd))
+                    future.add_done_callback(lambda _: _unuse(opened))
                 else:
-                    os.close(fd)
+                    _unuse(opened)
         pos = max(pos, data_end)
         while pos < end:
             n = min(SLICE, end - pos)
             yield _ZEROS[:n]
             pos += n
+
+    def _opened(self, entry: Entry) -> OpenChunk | None:
+        """The chunk open for reads as it is now, if it is."""
+        opened = self._open.get(entry.chunk_id)
+        if opened is None:
+            return None
+        if opened.generation != entry.generation:
+            self._close_open(entry.chunk_id)
+            return None
+        self._open.move_to_end(entry.chunk_id)
+        return opened
+
+    def _keep_open(self, entry: Entry, generation: int, fd: int, digests: array, keep: bool) -> OpenChunk:
+        """Wrap a freshly opened chunk; with `keep` (and the chunk unchanged meanwhile), keep it open."""
+        opened = OpenChunk(fd, digests, generation)
+        if not keep or entry.generation != generation or self.index.get(entry.chunk_id) is not entry:
+            opened.dropped = True  # closed after this read
+            return opened
+        self._close_open(entry.chunk_id)
+        self._open[entry.chunk_id] = opened
+        while len(self._open) > OPEN_CHUNKS:
+            self._close_open(next(iter(self._open)))
+        return opened
+
+    def _close_open(self, chunk_id: int) -> None:
+        """Stop keeping a chunk open (deleted, quarantined, replaced, or no longer recent)."""
+        opened = self._open.pop(chunk_id, None)
+        if opened is not None:
+            opened.dropped = True
+            opened.users += 1
+            _unuse(opened)
 
     async def _corrupt(self, entry: Entry, generation: int, why: str) -> NoReturn:
         """A read found `entry` bad: quarantine it unless a write changed it meanwhile (EAGAIN)."""
@@ -495,6 +555,7 @@ class ChunkStore:
             del self.index[entry.chunk_id]
             self.used -= entry.length
         entry.generation += 1
+        self._close_open(entry.chunk_id)
         self._bad.append({"chunk_id": entry.chunk_id, "version": entry.version, "problem": "corrupt"})
         await diskio.run(self._quarantine_entry_sync, entry, why)
 
@@ -537,6 +598,7 @@ class ChunkStore:
             del self.index[chunk_id]
             self.used -= entry.length
             entry.generation += 1
+            self._close_open(chunk_id)
             await diskio.run(_remove, entry)
             log.info("chunk %d v%d deleted", chunk_id, entry.version)
             return True
@@ -590,6 +652,7 @@ class ChunkStore:
                                f"v{version} (or a write is in progress)")
             if entry is not None and entry.root != root:
                 raise DfsError(errno.EAGAIN, f"chunk {chunk_id}: moved while being copied")
+            self._close_open(chunk_id)  # its data file is replaced
             await diskio.run(_install, root, chunk_id, version, tmp, length, digests)
             if entry is None:
                 entry = self.index[chunk_id] = Entry(chunk_id, root, version, 0, False)
@@ -653,31 +716,84 @@ def _begin_write(root: Path, chunk_id: int, version: int, old_length: int, offse
     return fd, meta.digests
 
 
-def _open_read(root: Path, chunk_id: int, version: int, length: int) -> tuple[int, array]:
+def _open_read(root: Path, chunk_id: int, version: int, length: int, start: int,
+               end: int) -> tuple[int, array, tuple[memoryview, int]]:
+    """Open the data file and read its digests, then the first slice [start, end): one disk call. The
+    disk starts on the data while the meta file is read (a cold small read waits for one, not two)."""
     data_path, meta_path = chunk_paths(root, chunk_id)
     try:
-        meta = read_meta(meta_path)
+        fd = os.open(data_path, os.O_RDONLY)
     except FileNotFoundError:
-        raise DfsError(errno.ENOENT, f"chunk {chunk_id}: no such chunk") from None
-    if meta.version != version or meta.length != length or meta.pending:
-        raise DfsError(errno.EAGAIN, f"chunk {chunk_id}: changed while being opened")
+        fd = -1
     try:
-        return os.open(data_path, os.O_RDONLY), meta.digests
-    except FileNotFoundError:  # meta without data: a damaged replica, quarantined like a bad checksum
-        raise ValueError("data file missing") from None
+        if fd >= 0:
+            first = start - start % BLOCK_SIZE
+            os.posix_fadvise(fd, first, min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, length) - first,
+                             os.POSIX_FADV_WILLNEED)
+        try:
+            meta = read_meta(meta_path)
+        except FileNotFoundError:
+            raise DfsError(errno.ENOENT, f"chunk {chunk_id}: no such chunk") from None
+        if meta.version != version or meta.length != length or meta.pending:
+            raise DfsError(errno.EAGAIN, f"chunk {chunk_id}: changed while being opened")
+        if fd < 0:  # meta without data: a damaged replica, quarantined like a bad checksum
+            raise ValueError("data file missing")
+        return fd, meta.digests, _read_slice(fd, meta.digests, start, end, length)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        raise
 
 
-def _read_slice(fd: int, digests: array, start: int, end: int, length: int) -> tuple[memoryview, int]:
+def _read_slice(fd: int, digests: array, start: int, end: int, length: int,
+                nowait: bool = False) -> tuple[memoryview, int]:
     """Bytes [start, end) (end <= length) after verifying the blocks they lie in: (view, -1), or
-    (empty, index of the first bad block)."""
+    (empty, index of the first bad block). With `nowait`, BlockingIOError unless every byte is in
+    the page cache (then nothing waits for the disk)."""
     first = start - start % BLOCK_SIZE
     last = min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, length)
-    data = memoryview(_pread_full(fd, last - first, first))
+    data = memoryview(_pread_nowait(fd, last - first, first) if nowait else _pread_full(fd, last - first, first))
     for pos in range(first, last, BLOCK_SIZE):
         block = pos // BLOCK_SIZE
         if block_digest(data[pos - first : min(pos + BLOCK_SIZE, last) - first]) != digests[block]:
             return data[:0], block
     return data[start - first : end - first], -1
+
+
+def _pread_nowait(fd: int, size: int, pos: int) -> bytearray:
+    """`size` bytes at `pos` from the page cache only (BlockingIOError when any must come from disk)."""
+    assert _RWF_NOWAIT is not None
+    buf = bytearray(size)
+    if os.preadv(fd, [buf], pos, _RWF_NOWAIT) < size:  # partly cached, or a short file: the slow path
+        raise BlockingIOError(errno.EAGAIN, "not all in the page cache")
+    return buf
+
+
+def _read_cached(opened: OpenChunk, start: int, end: int, length: int) -> asyncio.Future[tuple[memoryview, int]]:
+    """A slice of an open chunk: from the page cache right here if it is all there, else on a disk thread."""
+    global _RWF_NOWAIT
+    if _RWF_NOWAIT is not None:
+        try:
+            return _done(_read_slice(opened.fd, opened.digests, start, end, length, nowait=True))
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            _RWF_NOWAIT = None  # this kernel or file system cannot: always the disk thread
+    return diskio.submit(_read_slice, opened.fd, opened.digests, start, end, length)
+
+
+def _done(result: tuple[memoryview, int]) -> asyncio.Future[tuple[memoryview, int]]:
+    future: asyncio.Future[tuple[memoryview, int]] = asyncio.get_running_loop().create_future()
+    future.set_result(result)
+    return future
+
+
+def _unuse(opened: OpenChunk) -> None:
+    opened.users -= 1
+    if opened.dropped and opened.users == 0:
+        os.close(opened.fd)
 
 
 def _truncate(entry: Entry, version: int, length: int) -> None:

@@ -9,6 +9,10 @@ flush, fsync or close of the file, as NFS reports write-back errors. Reads first
 buffered, then serve sequential reads from a read-ahead window fetched in one request. Every byte
 held for buffers and windows is charged to the mount's `MemoryBudget`; past the cap, writes wait
 for sends to finish and read-ahead is skipped.
+
+Reads, small final sends (a few extents at a flush, fsync or close) and commits run in the calling
+FUSE thread when the handle has an inline client (dfs/client/inlineio.py): no hop to the event loop.
+Background sends of full buffers stay on the loop, so that the next buffer fills meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +23,10 @@ import concurrent.futures
 import logging
 import threading
 import time
+from typing import Any
 
+from dfs.client.channel import run_inline
+from dfs.client.client import Client
 from dfs.client.files import FileHandle
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
@@ -46,6 +53,16 @@ class _Send:
 
     def overlaps(self, ranges: list[tuple[int, int]]) -> bool:
         return any(a < d and c < b for a, b in self.ranges for c, d in ranges)
+INLINE_EXTENTS = 4  # a final send of at most this many extents and INLINE_BYTES goes from the calling thread
+INLINE_BYTES = 1024 * 1024
+SEQUENTIAL_STREAK = 2  # reads following each other before read-ahead starts (a random read may follow one)
+
+
+async def open_attr(client: Client, inode: int, access: int, reading: bool) -> tuple[Attr, list[dict]]:
+    """An open's fresh attributes (close-to-open) and, when it reads, where its first chunk is, in one
+    round trip: `chunks` replies for `FileHandle.seed_locations`."""
+    reply = await client.master.call("getattr", inode=inode, access=access, chunks=1 if reading else 0)
+    return Attr.from_json(reply["attr"]), list(reply.get("chunks", []))
 
 
 class MemoryBudget:
@@ -102,6 +119,13 @@ class OpenFile:
         self._window_offset = 0
         self._window_charged = 0
         self._next_sequential = -1
+        self._streak = 0
+
+    def _run(self, coro: Any) -> Any:
+        """Wait for a coroutine of the handle: here when it has an inline client, else on the loop."""
+        if self.handle.inline is not None:
+            return run_inline(coro)
+        return self.loop.run(coro)
 
     # ---- size as this mount sees it -----------------------------------------------------------
 
@@ -191,22 +215,43 @@ class OpenFile:
     def send_all(self) -> None:
         """Every buffered byte is on the chunkservers (not yet committed); raises a pending error."""
         with self.lock:
-            self._send_buffer()
-            self._wait_inflight()
+            if not self._sends and self._small_enough():
+                self._send_here()
+            else:
+                self._send_buffer()
+                self._wait_inflight()
             self._raise_error()
 
-    def flush(self, durable: bool) -> None:
-        """Send and commit (close(2)); with `durable`, fsync on every replica first (fsync(2))."""
+    def _small_enough(self) -> bool:
+        return (self.handle.inline is not None and 0 < len(self._dirty) <= INLINE_EXTENTS
+                and self._dirty.total <= INLINE_BYTES)
+
+    def _send_here(self) -> None:
+        """Send the dirty extents from this thread, one after the other (few and small: no loop hop)."""
+        extents, charged = self._dirty.take(), self._buf_charged
+        self._buf_charged = 0
+        try:
+            for offset, data in extents:
+                run_inline(self.handle.write(offset, data))
+        except DfsError as err:
+            log.error("write-back of inode %d failed: %s", self.inode, err.message)
+            self._error = self._error or err
+        finally:
+            self.budget.give(charged)
+
+    def flush(self, durable: bool, closing: bool = False) -> None:
+        """Send and commit (close(2), `closing`); with `durable`, fsync on every replica first (fsync(2)).
+        A close with no other handle open here gives the leases back in the commit."""
         with self.lock:
             self.send_all()
-            self.loop.run(self.handle.flush(durable))
+            self._run(self.handle.flush(durable, release=closing and self.refs <= 1))
             self.mtime_ns = None
 
     def truncate(self, size: int) -> None:
         with self.lock:
             self.send_all()
             self._drop_window()
-            self.loop.run(self.handle.truncate(size))
+            self._run(self.handle.truncate(size))
             self.mtime_ns = None
 
     # ---- reading ------------------------------------------------------------------------------
@@ -220,13 +265,14 @@ class OpenFile:
             if offset >= end:
                 return b""
             window_end = self._window_offset + len(self._window)
+            self._streak = self._streak + 1 if offset == self._next_sequential else 0
             if self._window_offset <= offset and end <= window_end:
                 start = offset - self._window_offset
                 data = self._window[start : start + end - offset]
-            elif offset == self._next_sequential and self.read_ahead > end - offset:
+            elif self._streak >= SEQUENTIAL_STREAK and self.read_ahead > end - offset:
                 data = self._read_ahead(offset, end)
             else:
-                data = self.loop.run(self.handle.read(offset, end - offset))
+                data = self._run(self.handle.read(offset, end - offset))
             self._next_sequential = offset + len(data)
             return data
 
@@ -234,9 +280,9 @@ class OpenFile:
         span = min(self.read_ahead, self.size - offset)
         self._drop_window()
         if not self.budget.try_take(span):
-            return self.loop.run(self.handle.read(offset, end - offset))
+            return self._run(self.handle.read(offset, end - offset))
         try:
-            self._window = self.loop.run(self.handle.read(offset, span))
+            self._window = self._run(self.handle.read(offset, span))
         except BaseException:
             self.budget.give(span)
             raise
@@ -257,11 +303,13 @@ class OpenFile:
             self.handle.refresh(attr)
 
     def close(self) -> None:
-        """The last handle went away: flush, give the leases back, free the memory."""
+        """The last handle went away: flush, give the leases back, free the memory. A clean file
+        (nothing buffered, sent, uncommitted or leased) closes without a call or a loop hop."""
         with self.lock:
             try:
                 self.send_all()
-                self.loop.run(self.handle.close())
+                if not self.handle.close_clean():
+                    self._run(self.handle.close())
             finally:
                 self._drop_window()
                 if self._buf_charged:

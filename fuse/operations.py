@@ -28,6 +28,7 @@ from mfusepy import FuseOSError
 from dfs.client.channel import run_inline
 from dfs.client.client import Client
 from dfs.client.files import FileHandle
+from dfs.client.inlineio import Connections, inline_client
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
 from dfs.names import NAME_MAX
@@ -35,7 +36,7 @@ from dfs.protocol import ROOT_INODE, Attr
 from fuse.callers import Callers
 from fuse.errors import fuse_op
 from fuse.namecache import NameCache, parent_of
-from fuse.openfiles import MemoryBudget, OpenFile
+from fuse.openfiles import MemoryBudget, OpenFile, open_attr
 from fuse.options import MountOptions
 
 log = logging.getLogger("dfs.fuse")
@@ -76,6 +77,8 @@ class DfsOperations(mfusepy.Operations):
         self.client = client  # calls as the mount itself: open files
         client.open_channels()  # namespace calls go from the FUSE thread itself (dfs/client/channel.py)
         self.inline = client.inline()
+        self.chunk_connections = Connections()
+        self.data = inline_client(client, self.chunk_connections)  # open files' calls, from the FUSE thread
         self.callers = Callers(self.inline, act_for_callers)  # calls as the process behind the request
         self.loop = loop
         self.options = options
@@ -285,6 +288,7 @@ class DfsOperations(mfusepy.Operations):
                 open_file.close()
             except DfsError as err:
                 log.error("inode %d: could not flush at unmount: %s", open_file.inode, err.message)
+        self.chunk_connections.close()
 
     # ---- attributes ---------------------------------------------------------------------------
 
@@ -565,7 +569,7 @@ class DfsOperations(mfusepy.Operations):
         with self._lock:
             open_file = self._files.get(attr.inode)
             if open_file is None:
-                handle = FileHandle(self.client, attr)
+                handle = FileHandle(self.client, attr, inline=self.data)
                 open_file = OpenFile(handle, self.loop, self.budget, self.options.write_buffer,
                                      self.options.read_ahead)
                 self._files[attr.inode] = open_file
@@ -606,7 +610,8 @@ class DfsOperations(mfusepy.Operations):
         # close-to-open: every open asks the master for fresh attributes, even while another handle
         # (or a release the kernel has not sent yet) keeps our open state of the file alive
         writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)  # reads: the kernel checked (and exec)
-        attr = self.meta(self._me().getattr(inode, access=os.W_OK if writing else 0))
+        reading = fi.flags & os.O_ACCMODE != os.O_WRONLY
+        attr, locations = self.meta(open_attr(self._me(), inode, os.W_OK if writing else 0, reading))
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
         if existing is not None:
@@ -622,6 +627,8 @@ class DfsOperations(mfusepy.Operations):
             self._invalidate_kernel(path)
         self.names.put(path, attr)
         self._register(attr, fi)
+        if locations:
+            self._handles[fi.fh].handle.seed_locations(locations)
         if fi.flags & os.O_TRUNC and attr.size:  # libfuse 3 passes O_TRUNC on (atomic_o_trunc)
             open_file = self._handles[fi.fh]
             open_file.truncate(0)
@@ -641,7 +648,7 @@ class DfsOperations(mfusepy.Operations):
     def flush(self, path: str | None, fh: Any) -> int:
         open_file = self._open_file(fh)
         if open_file.dirty:
-            open_file.flush(durable=False)
+            open_file.flush(durable=False, closing=True)
             self.names.put_attr(open_file.handle.attr)
         return 0
 

@@ -89,8 +89,11 @@ OPS: dict[str, Op] = {
         "follow": boolean(False, "Follow a symlink in the last component.")}, WITH_ATTR),
     "lookup": Op("An entry of a folder", {"parent": inode(), "name": name()}, WITH_ATTR),
     "getattr": Op("Attributes of an inode", {
-        "inode": inode(), "access": integer(0, 7, default=0, description="R_OK|W_OK|X_OK to check, as access(2).")},
-        WITH_ATTR),
+        "inode": inode(), "access": integer(0, 7, default=0, description="R_OK|W_OK|X_OK to check, as access(2)."),
+        "chunks": integer(0, 256, default=0, description="Also where the first this many chunk slots of a "
+                          "regular file are, as `chunks` answers, when the caller may read it.")},
+        {"type": "object", "properties": {"attr": ATTR, "chunks": {"type": "array", "items": {"type": "object"}}},
+         "required": ["attr"]}),
     "setattr": Op("Change mode, owner, size or times", {
         "inode": inode(), "mode": integer(0, 0o7777, description="Permission bits."),
         "uid": integer(0, UID_MAX), "gid": integer(0, UID_MAX),

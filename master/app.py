@@ -140,7 +140,16 @@ async def op_lookup(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 
 async def op_getattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     access = int(p.int("access", 0, minimum=0, maximum=7))  # R_OK|W_OK|X_OK the caller needs (open)
-    return {"attr": attr_json(await m.namespace.getattr(_inode(p), caller=c, access=access))}
+    attr = await m.namespace.getattr(_inode(p), caller=c, access=access)
+    reply: dict[str, Any] = {"attr": attr_json(attr)}
+    slots = int(p.int("chunks", 0, minimum=0, maximum=256))  # an open for reading: its first read's locations
+    if slots and attr.is_file:
+        try:
+            reply["chunks"] = (await m.placement.chunks(attr.inode, 0, slots, caller=c))["chunks"]
+        except DfsError as err:  # the caller may not read it: getattr answers all the same
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.ENOENT):
+                raise
+    return reply
 
 
 async def op_setattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:

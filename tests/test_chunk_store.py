@@ -78,6 +78,8 @@ async def test_round_trip_and_info(tmp_path: Path) -> None:
     (MiB - 3, 6),  # across a slice boundary
     (0, 3 * MiB),  # everything
 ])
+
+
 async def test_overwrite(tmp_path: Path, offset: int, size: int) -> None:
     store = await opened(tmp_path)
     model = bytearray(random.randbytes(2 * MiB + 999))
@@ -323,6 +325,8 @@ async def test_crash_mid_write_is_recovered_by_next_write(tmp_path: Path) -> Non
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="sync_file_range and O_DIRECT are Linux's")
+
+
 async def test_large_writes_bypass_the_page_cache(tmp_path: Path) -> None:
     """Large writes send their aligned slices with O_DIRECT (the rest buffered, with write-behind);
     mixed with small buffered writes over the same pages, the chunk holds what a file would."""
@@ -346,3 +350,31 @@ async def test_large_writes_bypass_the_page_cache(tmp_path: Path) -> None:
     await put(2, 4 * MiB, os.urandom(MiB + 4096))  # past the end, after a gap
     assert await read_all(store, 9, 2, 0, len(model)) == model
     expect_digests_match(store, 9, bytes(model))
+
+
+@pytest.mark.timeout(30)
+async def test_small_reads_of_an_open_chunk_see_writes_and_corruption(tmp_path: Path) -> None:
+    """Small reads keep the chunk open (digests, data file): a write since, or a flipped byte, is seen."""
+    store = await opened(tmp_path)
+    data = bytearray(random.randbytes(3 * BLOCK_SIZE))
+    await write(store, 12, 1, 0, bytes(data))
+    for start in (100, 70_000, 100):  # the second and third read find the chunk open
+        assert await read_all(store, 12, 1, start, start + 4096) == data[start : start + 4096]
+    await write(store, 12, 2, 70_010, b"new")
+    data[70_010:70_013] = b"new"
+    assert await read_all(store, 12, 2, 70_000, 74_096) == data[70_000:74_096]
+    with pytest.raises(DfsError) as exc:
+        await read_all(store, 12, 1, 0, 10)
+    assert exc.value.errno == errno.ESTALE
+    data_path, _ = chunk_paths(tmp_path / "d0", 12)
+    with open(data_path, "r+b") as f:  # through the page cache, as any later corruption is read
+        f.seek(2 * BLOCK_SIZE + 5)
+        f.write(bytes([data[2 * BLOCK_SIZE + 5] ^ 1]))
+    assert await read_all(store, 12, 2, 0, 4096) == data[:4096]  # other blocks stay readable
+    with pytest.raises(DfsError) as exc:
+        await read_all(store, 12, 2, 2 * BLOCK_SIZE, 2 * BLOCK_SIZE + 4096)
+    assert exc.value.errno == errno.EBADMSG
+    assert 12 not in store.index and not data_path.exists()
+    with pytest.raises(DfsError) as exc:
+        await read_all(store, 12, 2, 0, 10)
+    assert exc.value.errno == errno.ENOENT

@@ -5,6 +5,10 @@ Chunk locations are fetched lazily and cached for the life of the handle; a read
 another version everywhere refreshes them once. Writes go straight to the chunkservers in pieces of
 at most WRITE_PIECE bytes (the handle keeps that much to resend after a failover); the new size and
 mtime reach the master on `fsync()` and `close()`.
+
+With an `inline` client (the mount's: dfs/client/inlineio.py), the handle's coroutines run from a
+thread without an event loop (`run_inline`) make their calls through it, in that thread; on the
+event loop they use the asyncio client. The caller keeps the two from running at once.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -32,8 +37,9 @@ SYNC_CONCURRENCY = 8  # chunks of one file fsynced at once by fsync()
 
 
 class FileHandle:
-    def __init__(self, client: Client, attr: Attr) -> None:
+    def __init__(self, client: Client, attr: Attr, inline: Client | None = None) -> None:
         self.client = client
+        self.inline = inline
         self.inode = attr.inode
         self.attr = attr
         self.size = attr.size
@@ -48,6 +54,15 @@ class FileHandle:
     @property
     def chunk_size(self) -> int:
         return self.client.chunk_size
+
+    def _via(self) -> Client:
+        """The client for this call: the inline one when no event loop runs here (run_inline)."""
+        if self.inline is not None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return self.inline
+        return self.client
 
     @property
     def dirty(self) -> bool:
@@ -82,7 +97,7 @@ class FileHandle:
             return
         done = 0
         try:
-            async for piece in self.client.chunkio.read(loc, start, end):
+            async for piece in self._via().chunkio.read(loc, start, end):
                 done += len(piece)
                 yield piece
         except DfsError as err:
@@ -97,7 +112,7 @@ class FileHandle:
                     yield piece
                 return
             try:
-                async for piece in self.client.chunkio.read(loc, start + done, end):
+                async for piece in self._via().chunkio.read(loc, start + done, end):
                     yield piece
             except DfsError as again:
                 if again.errno in TOKEN_REFUSED:
@@ -110,12 +125,18 @@ class FileHandle:
         batch = index // LOCATION_BATCH
         if batch not in self._fetched and index not in self._locations:
             first = batch * LOCATION_BATCH
-            reply = await self.client.master.call("chunks", inode=self.inode, first=first, count=LOCATION_BATCH)
+            reply = await self._via().master.call("chunks", inode=self.inode, first=first, count=LOCATION_BATCH)
             for item in reply["chunks"]:
                 loc = ChunkLocation.from_json(item)
                 self._locations.setdefault(loc.index, loc)
             self._fetched.add(batch)
         return self._locations.get(index)
+
+    def seed_locations(self, items: list[dict]) -> None:
+        """Locations the master sent along with something else (an open's getattr: `chunks` replies)."""
+        for item in items:
+            loc = ChunkLocation.from_json(item)
+            self._locations.setdefault(loc.index, loc)
 
     def refresh(self, attr: Attr) -> None:
         """Take attributes fetched anew (close-to-open): new size, and locations asked again."""
@@ -180,11 +201,11 @@ class FileHandle:
             raise DfsError(errno.EFBIG, f"file would exceed {MAX_FILE_SIZE} bytes")
 
     async def _lease(self, index: int, exclude: list[int] | None = None) -> Lease:
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         cached = self._leases.get(index)
         if cached and not exclude and cached[1] - LEASE_MARGIN > now:
             return cached[0]
-        lease = await self.client.lease(self.inode, index, exclude or [])
+        lease = await self._via().lease(self.inode, index, exclude or [])
         self._leases[index] = (lease, now + lease.expires_in)
         # our own reads of this slot must use the new version and replicas
         self._locations[index] = ChunkLocation(index, lease.chunk_id, lease.version, list(lease.servers),
@@ -198,7 +219,7 @@ class FileHandle:
         for _attempt in range(WRITE_ATTEMPTS):
             lease = await self._lease(index, exclude)
             try:
-                failed = await self.client.chunkio.write(lease, within, data, sync)
+                failed = await self._via().chunkio.write(lease, within, data, sync)
             except DfsError as err:
                 last_error = err
                 if err.errno == errno.ESTALE:  # our lease was superseded: ask again
@@ -240,28 +261,42 @@ class FileHandle:
         if size < 0 or size > MAX_FILE_SIZE:
             raise DfsError(errno.EINVAL if size < 0 else errno.EFBIG, f"bad size {size}")
         await self.flush()
-        self.attr = await self.client.setattr(self.inode, size=size)
+        self.attr = await self._via().setattr(self.inode, size=size)
         self.size = size
         self._forget_locations()
         self._leases.clear()
 
-    async def flush(self, durable: bool = True) -> None:
+    async def flush(self, durable: bool = True, release: bool = False) -> None:
         """Commit size and mtime to the master; with `durable`, first fsync the written chunks on
         every replica (close(2) needs the commit, fsync(2) both; a kill -9 of a chunkserver loses
-        nothing either way, since the data is in its page cache)."""
+        nothing either way, since the data is in its page cache). With `release`, the leases go
+        back in the same call (a close(2)): a later write asks for new ones."""
         async with self._lock:
             if durable:
-                await self._sync_chunks([index for index in sorted(self._unsynced) if index in self._leases])
+                # a lease given back at a close: its chunks are synced under a new one
+                await self._sync_chunks([index for index in sorted(self._unsynced)
+                                         if index in self._leases or index * self.chunk_size < self.size])
                 self._unsynced.clear()
-            if self._dirty:
-                reply = await self.client.master.call("commit", inode=self.inode, client=self.client.client_id,
-                                                      size=self.size, release=False)
-                self.attr = Attr.from_json(reply["attr"])
-                self._dirty = False
+            release = release and bool(self._leases)
+            if self._dirty or release:
+                size = {"size": self.size} if self._dirty else {}
+                reply = await self._via().master.call("commit", inode=self.inode, client=self.client.client_id,
+                                                      release=release, **size)
+                if release:
+                    self._leases.clear()
+                if self._dirty:
+                    self.attr = Attr.from_json(reply["attr"])
+                    self._dirty = False
 
     async def _sync_chunks(self, indices: list[int]) -> None:
         """fsync these chunks on every replica, SYNC_CONCURRENCY at a time (each is a round trip
         through the chain and a few disk flushes, mostly waiting)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # run inline, in the calling thread (run_inline): one after another
+            for index in indices:
+                await self._write_piece(index, 0, memoryview(b""), sync=True)
+            return
         gate = asyncio.Semaphore(SYNC_CONCURRENCY)
 
         async def sync(index: int) -> None:
@@ -273,17 +308,25 @@ class FileHandle:
     async def fsync(self) -> None:
         await self.flush()
 
+    def close_clean(self) -> bool:
+        """Close at once, without a call, when there is nothing to commit or give back (False: call
+        `close()`)."""
+        if not self.closed and (self._dirty or self._leases):
+            return False
+        self.closed = True
+        return True
+
     async def close(self) -> None:
         """Flush, commit and give the leases back (a later writer need not wait for them to expire)."""
         if self.closed:
             return
         try:
-            await self.flush(durable=False)  # close(2) commits; only fsync(2) forces the disks
+            await self.flush(durable=False, release=True)  # close(2) commits; only fsync(2) forces the disks
         finally:
             self.closed = True
-            if self._leases:
+            if self._leases:  # the commit failed: give them back all the same
                 self._leases.clear()
-                await self.client.master.call("commit", inode=self.inode, client=self.client.client_id,
+                await self._via().master.call("commit", inode=self.inode, client=self.client.client_id,
                                               release=True)
 
     async def __aenter__(self) -> FileHandle:

@@ -168,3 +168,40 @@ def test_a_chown_changing_nothing_right_after_a_change_is_skipped(metered_mount:
     ctime = os.stat(path).st_ctime_ns
     os.chown(path, 4321, 8765)  # long after the last change: ctime moves, as POSIX says
     assert os.stat(path).st_ctime_ns > ctime
+
+
+def test_small_files_cost_few_round_trips(metered_mount: tuple[Cluster, Mount, str]) -> None:
+    """A 4 KiB file costs one lease and one commit to write (the close's commit gives the lease back),
+    and one getattr to open and read (its first chunk's locations come with it): counted, not timed."""
+    cluster, mount, url = metered_mount
+    folder = mount.mountpoint / "small"
+    data = os.urandom(4096)
+    with SyncClient(cluster.master_url) as fs:  # written elsewhere: the mount knows nothing of them
+        fs.makedir("/small")
+        for i in range(5):
+            fs.upload(f"/small/elsewhere{i}", one_piece(data))
+
+    def settled() -> dict:
+        deadline = time.monotonic() + 10  # the kernel sends the release of a closed file a little later
+        while value(now := scrape(url), "dfs_fuse_open_files") != 0:
+            assert time.monotonic() < deadline, "the closed files are still open in the mount"
+            time.sleep(0.05)
+        return now
+
+    def calls(after: dict, before: dict, op: str) -> float:
+        return (value(after, "dfs_client_master_calls_total", operation=op, result="ok")
+                - value(before, "dfs_client_master_calls_total", operation=op, result="ok"))
+
+    before = settled()
+    for i in range(5):
+        (folder / f"f{i}").write_bytes(data)
+    written = settled()
+    assert calls(written, before, "lease") == 5
+    assert calls(written, before, "commit") == 5
+    for i in range(5):
+        assert (folder / f"elsewhere{i}").read_bytes() == data
+    read = settled()
+    assert calls(read, written, "getattr") == 5  # the opens (close-to-open)
+    assert calls(read, written, "chunks") == 0
+    assert value(read, "dfs_client_chunk_bytes_total", direction="read") - value(
+        written, "dfs_client_chunk_bytes_total", direction="read") == 5 * 4096

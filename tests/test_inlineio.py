@@ -1,0 +1,87 @@
+"""Chunk I/O from the calling thread (dfs/client/inlineio.py) on a real cluster: a `FileHandle` with an
+inline client writes, commits and reads without the event loop, fails over, and survives a
+chunkserver that dropped its kept connections."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from dfs.client.channel import run_inline
+from dfs.client.client import Client
+from dfs.client.files import FileHandle
+from dfs.client.inlineio import Connections, inline_client
+from dfs.client.sync import LoopThread
+from tests.harness import Cluster
+
+MiB = 1024 * 1024
+
+
+class Inline:
+    """A started client on its loop, and the inline view of it a mount gives its open files."""
+
+    def __init__(self, master_url: str) -> None:
+        self.loop = LoopThread()
+        self.client = Client(master_url)
+        self.loop.run(self.client.start())
+        self.client.open_channels()
+        self.connections = Connections()
+        self.view = inline_client(self.client, self.connections)
+
+    def create(self, name: str) -> FileHandle:
+        attr, _ = run_inline(self.view.create(1, name, 0o644))
+        return FileHandle(self.client, attr, inline=self.view)
+
+    def open(self, name: str) -> FileHandle:
+        attr = run_inline(self.view.lookup(1, name))
+        return FileHandle(self.client, attr, inline=self.view)
+
+    def close(self) -> None:
+        self.connections.close()
+        self.loop.run(self.client.close())
+        self.loop.stop()
+
+
+@pytest.fixture
+def inline(fresh_cluster: Cluster) -> Iterator[Inline]:
+    fresh_cluster.start(gateway=False)
+    io = Inline(fresh_cluster.master_url)
+    try:
+        yield io
+    finally:
+        io.close()
+
+
+@pytest.mark.timeout(60)
+def test_write_commit_read_without_the_loop(inline: Inline) -> None:
+    data = os.urandom(2 * MiB + 4321)  # three 1 MiB chunk slots
+    handle = inline.create("f")
+    assert run_inline(handle.write(0, data)) == len(data)
+    run_inline(handle.close())  # one commit that also gives the leases back
+    assert not handle._leases
+    again = inline.open("f")
+    assert again.size == len(data)
+    assert run_inline(again.read(0, len(data))) == data
+    assert run_inline(again.read(MiB - 10, 4096)) == data[MiB - 10 : MiB + 4086]
+    assert inline.loop.run(again.read(5, 100)) == data[5:105]  # the same handle on the loop: the asyncio client
+
+
+@pytest.mark.timeout(90)
+def test_reads_fail_over_and_kept_connections_recover(inline: Inline, fresh_cluster: Cluster) -> None:
+    data = os.urandom(300_000)
+    handle = inline.create("g")
+    run_inline(handle.write(0, data))
+    run_inline(handle.close())
+    reader = inline.open("g")
+    assert run_inline(reader.read(0, 10)) == data[:10]  # every replica's connection may now be kept
+    first = run_inline(reader._location(0)).servers[0]
+    server = next(s for s in fresh_cluster.chunkservers if s.url.rstrip("/") == first.url.rstrip("/"))
+    server.stop()
+    server.start()  # its kept connection is dead: the request goes again on a new one
+    server.wait_healthy()
+    fresh_cluster.wait_servers(3)
+    assert run_inline(reader.read(1000, 5000)) == data[1000:6000]
+    server.kill()  # gone: the read moves on to another replica
+    assert run_inline(reader.read(200_000, 4096)) == data[200_000:204_096]
