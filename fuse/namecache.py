@@ -113,12 +113,16 @@ class NameCache:
 
     def entry_added(self, folder: int, entry: Attr) -> None:
         """This mount added `entry` to `folder`: the master set the folder's mtime and ctime to the
-        entry's ctime (and a subfolder adds a link). Its cached attributes follow, keeping their expiry."""
+        entry's ctime (and a subfolder adds a link)."""
+        self.folder_stamped(folder, entry.ctime_ns, int(entry.is_dir))
+
+    def folder_stamped(self, folder: int, time_ns: int, nlink_delta: int = 0) -> None:
+        """This mount changed an entry of `folder` and the master stamped the folder's mtime and ctime
+        with `time_ns`: its cached attributes follow, keeping their expiry."""
         with self._lock:
             cached = self._attrs.get(folder)
             if cached is not None:
-                attr = replace(cached[0], mtime_ns=entry.ctime_ns, ctime_ns=entry.ctime_ns,
-                               nlink=cached[0].nlink + int(entry.is_dir))
+                attr = replace(cached[0], mtime_ns=time_ns, ctime_ns=time_ns, nlink=cached[0].nlink + nlink_delta)
                 self._attrs[folder] = (attr, cached[1])
 
     def forget_attr(self, inode: int) -> None:

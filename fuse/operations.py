@@ -460,8 +460,11 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         attr = self._attr(path)
         self._removals += 1
-        self.meta(self._me().unlink(parent, name, held=self._held()))
-        self._entry_changed(path)
+        stamped = self.meta(self._me().unlink(parent, name, held=self._held()))
+        if stamped is None:
+            self._entry_changed(path)
+        else:  # the folder's new times: its cached attributes stay good
+            self.names.folder_stamped(parent, stamped)
         self.names.removed(path)
         if attr.nlink > 1:
             self._other_names_changed(attr.inode)

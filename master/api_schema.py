@@ -112,7 +112,8 @@ OPS: dict[str, Op] = {
         "limit": integer(1, LIST_MAX, default=LIST_DEFAULT)},
         reply(entries={"type": "array", "items": reply(name={"type": "string"}, attr=ATTR)},
               next={"type": "string", "nullable": True})),
-    "unlink": Op("Remove a name", {"parent": inode(), "name": name(), "held": HELD}, EMPTY),
+    "unlink": Op("Remove a name", {"parent": inode(), "name": name(), "held": HELD},
+                 reply(mtime_ns={"type": "integer", "description": "The folder's new mtime and ctime."})),
     "forget": Op("The caller closed an inode for the last time", {"inode": inode()}, EMPTY),
     "rmdir": Op("Remove an empty folder", {"parent": inode(), "name": name()}, EMPTY),
     "rename": Op("Rename or exchange entries", {

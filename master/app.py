@@ -189,8 +189,7 @@ def _held(p: Params) -> frozenset[int]:
 
 
 async def op_unlink(m: Master, p: Params, c: Caller) -> dict[str, Any]:
-    await m.namespace.unlink(_inode(p, "parent"), _name(p), _held(p), caller=c)
-    return {}
+    return {"mtime_ns": await m.namespace.unlink(_inode(p, "parent"), _name(p), _held(p), caller=c)}
 
 
 async def op_forget(m: Master, p: Params, c: Caller) -> dict[str, Any]:

@@ -463,19 +463,23 @@ class Namespace:
         self._forget(await self.db.run_write(txn))
 
     async def unlink(self, parent: int, name: str, held: frozenset[int] = frozenset(), *,
-                     caller: Caller = ROOT) -> None:
+                     caller: Caller = ROOT) -> int:
+        """Remove a file's name; the time stamped on the folder (its new mtime and ctime) is returned,
+        so a client that caches the folder's attributes need not ask for them again."""
         validate_name(name)
 
-        def txn(conn: Connection) -> int | None:
+        def txn(conn: Connection) -> tuple[int | None, int]:
             row = self._victim(conn, parent, name, caller)
             if stat.S_ISDIR(row.mode):
                 raise DfsError(errno.EISDIR, f"{name!r} in directory {parent} is a directory")
             now = time.time_ns()
             _DELETE_ENTRY.run(conn, {"parent": parent, "name": name})
             touch_dir(conn, parent, now)
-            return self._drop_link(conn, row, now, held)
+            return self._drop_link(conn, row, now, held), now
 
-        self._forget(await self.db.run_write(txn))
+        deleted, stamped = await self.db.run_write(txn)
+        self._forget(deleted)
+        return stamped
 
     async def rmdir(self, parent: int, name: str, *, caller: Caller = ROOT) -> None:
         validate_name(name)

@@ -197,9 +197,12 @@ class Client:
             if not after:
                 return
 
-    async def unlink(self, parent: int, name: str, held: list[int] | None = None) -> None:
-        """Remove a name; `held` lists inodes the caller has open (kept alive until `forget`)."""
-        await self.master.call("unlink", parent=parent, name=name, held=held or [])
+    async def unlink(self, parent: int, name: str, held: list[int] | None = None) -> int | None:
+        """Remove a name; `held` lists inodes the caller has open (kept alive until `forget`). The
+        folder's new mtime (and ctime), when the master says it."""
+        reply = await self.master.call("unlink", parent=parent, name=name, held=held or [])
+        stamped = reply.get("mtime_ns") if isinstance(reply, dict) else None
+        return int(stamped) if stamped is not None else None
 
     async def forget(self, inode: int) -> None:
         """The last open handle of a file is closed: an unlinked one can go now."""
