@@ -264,7 +264,9 @@ def test_unlink_rmdir(ns: tuple[Api, int]) -> None:
     assert api.err("rmdir", parent=d, name="f") == "ENOTDIR"
     assert api.err("rmdir", parent=d, name="sub") == "ENOTEMPTY"
     assert api.err("rmdir", parent=d, name="nope") == "ENOENT"
-    assert api("unlink", parent=d, name="f") == {}
+    stamped = api("unlink", parent=d, name="f")["mtime_ns"]
+    folder = api.attr(d)
+    assert folder["mtime_ns"] == folder["ctime_ns"] == stamped  # the reply says the folder's new times
     assert api.err("getattr", inode=f["inode"]) == "ENOENT"
     api("unlink", parent=sub["inode"], name="inner")
     assert api("rmdir", parent=d, name="sub") == {}
