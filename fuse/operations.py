@@ -128,6 +128,8 @@ class DfsOperations(mfusepy.Operations):
         hidden = self._hidden.get(path)
         if hidden is not None:
             return self.run(self.client.getattr(hidden))
+        if len(path.rsplit("/", 1)[1].encode("utf-8", "surrogateescape")) > NAME_MAX:
+            raise FuseOSError(errno.ENAMETOOLONG)  # before the cache, whose complete folders would say ENOENT
         cached = self.names.lookup(path)
         # only an unknown name counts towards listing its folder: a known one (the folder's own
         # getattr after each unlink in it) costs one getattr, which a listing of its parent would not save

@@ -130,6 +130,9 @@ def test_directories(mnt: Path) -> None:
     expect_errno(errno.EISDIR, os.unlink, mnt / "d" / "e")
     expect_errno(errno.ENOTDIR, os.rmdir, mnt / "d" / "f")
     expect_errno(errno.ENAMETOOLONG, os.mkdir, mnt / ("n" * 256))
+    # "d" was made here, so the mount holds its listing as complete: a too-long name is still not ENOENT
+    expect_errno(errno.ENAMETOOLONG, os.stat, mnt / "d" / ("n" * 256))
+    expect_errno(errno.ENAMETOOLONG, os.chmod, mnt / "d" / ("n" * 256), 0o600)
     assert sorted(os.listdir(mnt / "d")) == ["e", "f"]
     os.rmdir(mnt / "d" / "e")
     assert os.stat(mnt / "d").st_nlink == 2
