@@ -54,6 +54,9 @@ CLOCK_SKEW = 30.0
 MAX_REQUEST_SKEW = 300.0
 MIN_SECRET_LENGTH = 32
 MAX_TOKEN_LENGTH = 200
+#: Token texts whose signature `ChunkTokens.verify` checked and remembers (a reader sends the same token
+#: on every read of a chunk until it expires: its HMAC is computed once, its expiry checked every time).
+VERIFIED_TOKENS = 1024
 
 #: The errnos of a refused token (HTTP 401): the client refreshes its tokens once on these.
 TOKEN_REFUSED = (errno.EKEYREJECTED, errno.EKEYEXPIRED)
@@ -143,6 +146,7 @@ class ChunkTokens:
 
     def __init__(self, key: bytes) -> None:
         self._keyed = hmac.new(key, digestmod=hashlib.sha256)  # copied per token: the key is set up once
+        self._verified: dict[str, Token] = {}  # text -> token, signature checked with this key
 
     def __repr__(self) -> str:
         return "ChunkTokens(<key hidden>)"
@@ -167,6 +171,17 @@ class ChunkTokens:
         forged or expired. Messages never repeat the token."""
         if not text:
             raise DfsError(errno.EKEYREJECTED, f"a chunk token ({TOKEN_HEADER} header) is required")
+        token = self._verified.get(text)
+        if token is None:
+            token = self._check_signature(text)
+            if len(self._verified) >= VERIFIED_TOKENS:
+                self._verified.clear()
+            self._verified[text] = token
+        if token.expiry + CLOCK_SKEW < (time.time() if now is None else now):
+            raise DfsError(errno.EKEYEXPIRED, "the chunk token has expired")
+        return token
+
+    def _check_signature(self, text: str) -> Token:
         parts = text.split(".")
         if len(text) > MAX_TOKEN_LENGTH or len(parts) != 5 or parts[0] not in OPS \
                 or not all(p.isdigit() and len(p) <= 19 for p in parts[1:4]):
@@ -174,10 +189,7 @@ class ChunkTokens:
         payload = ".".join(parts[:4])
         if not hmac.compare_digest(self._sign(payload).encode(), parts[4].encode()):
             raise DfsError(errno.EKEYREJECTED, "invalid chunk token signature")
-        token = Token(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
-        if token.expiry + CLOCK_SKEW < (time.time() if now is None else now):
-            raise DfsError(errno.EKEYEXPIRED, "the chunk token has expired")
-        return token
+        return Token(parts[0], int(parts[1]), int(parts[2]), int(parts[3]))
 
 
 # -- keys of a node -------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from dfs.tokens import (
     AUTH_HEADER,
     SECRET_FILE,
     TOKEN_HEADER,
+    VERIFIED_TOKENS,
     ChunkTokens,
     ClusterKeys,
     RequestVerifier,
@@ -70,6 +71,27 @@ def test_tokens_mint_verify_and_refuse() -> None:
         with pytest.raises(DfsError) as caught:
             token.require(op, chunk_id, version)
         assert caught.value.errno == errno.EACCES and caught.value.status == 403
+
+
+def test_remembered_tokens_still_expire_and_forgeries_stay_refused() -> None:
+    """`verify` remembers signatures it checked (one HMAC per token, not per read): the expiry is
+    still checked on every call, and a text differing from a remembered one is checked afresh."""
+    tokens = ChunkTokens(b"k" * 32)
+    now = time.time()
+    good = tokens.mint("read", 7, 3, 60, now=now)
+    assert tokens.verify(good, now=now) == tokens.verify(good, now=now)
+    with pytest.raises(DfsError) as caught:
+        tokens.verify(good, now=now + 60 + 31 + 1)  # remembered, and expired past the clock skew
+    assert caught.value.errno == errno.EKEYEXPIRED
+    for forged in (good[:-2] + ("AA" if not good.endswith("AA") else "BB"), good.replace(".3.", ".4.", 1)):
+        with pytest.raises(DfsError) as caught:
+            tokens.verify(forged, now=now)
+        assert caught.value.errno == errno.EKEYREJECTED
+    with pytest.raises(DfsError):
+        ChunkTokens(b"x" * 32).verify(good, now=now)  # remembered per key: another key checks afresh
+    for i in range(VERIFIED_TOKENS + 10):  # bounded
+        tokens.verify(tokens.mint("read", i, 1, 60, now=now), now=now)
+    assert tokens.verify(good, now=now).chunk_id == 7
 
 
 def test_signed_requests_refuse_other_keys_changes_and_replays() -> None:
