@@ -111,6 +111,10 @@ class OpenFile:
         self.forget_on_close = False  # unlinked while open: the master may delete it at the last close
         self.lock = threading.RLock()
         self.mtime_ns: int | None = None  # set by local writes not yet committed
+        self.ctime_ns: int | None = None  # when an attribute change was deferred (set_attr)
+        self.mode: int | None = None  # a deferred chmod
+        self.atime_ns: int | None = None  # a deferred utimens
+        self._deferred: dict[str, int] = {}  # attributes set since the writes, sent with their commit
         self._dirty = DirtyExtents()
         self._buf_charged = 0
         self._sends: collections.deque[_Send] = collections.deque()  # oldest first
@@ -158,6 +162,7 @@ class OpenFile:
                 self._buf_charged -= saved
                 self.budget.give(saved)
             self.mtime_ns = time.time_ns()
+            self._deferred.pop("mtime_ns", None)  # this write moves the mtime again
             if self._dirty.total >= self.write_buffer:
                 self._send_buffer()
             return len(data)
@@ -244,15 +249,42 @@ class OpenFile:
         A close with no other handle open here gives the leases back in the commit."""
         with self.lock:
             self.send_all()
-            self._run(self.handle.flush(durable, release=closing and self.refs <= 1))
-            self.mtime_ns = None
+            self._run(self.handle.flush(durable, release=closing and self.refs <= 1, deferred=self._deferred))
+            self._committed()
+
+    def defer(self, mtime_ns: int | None = None, atime_ns: int | None = None, mode: int | None = None) -> bool:
+        """Times or permission bits set while writes are unflushed (`tar x` and `rsync` widen the
+        mode and set the times of each file before its close): kept here and sent with those writes'
+        commit (where the data's own mtime would go) instead of a flush and a call of their own;
+        this mount sees them at once. False: nothing unflushed, make the call."""
+        with self.lock:
+            if not self.dirty:
+                return False
+            if mtime_ns is not None:
+                self.mtime_ns = self._deferred["mtime_ns"] = mtime_ns
+            if atime_ns is not None:
+                self.atime_ns = self._deferred["atime_ns"] = atime_ns
+            if mode is not None:
+                self.mode = self._deferred["mode"] = mode
+            self.ctime_ns = time.time_ns()
+            return True
+
+    @property
+    def has_deferred(self) -> bool:
+        return bool(self._deferred)
+
+    def _committed(self) -> None:
+        self.mtime_ns = self.ctime_ns = self.mode = self.atime_ns = None
+        self._deferred = {}
 
     def truncate(self, size: int) -> None:
         with self.lock:
             self.send_all()
             self._drop_window()
+            if self._deferred:  # a truncate moves the mtime, not the mode
+                self._run(self.handle.flush(durable=False, deferred=self._deferred))
             self._run(self.handle.truncate(size))
-            self.mtime_ns = None
+            self._committed()
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -309,7 +341,8 @@ class OpenFile:
             try:
                 self.send_all()
                 if not self.handle.close_clean():
-                    self._run(self.handle.close())
+                    self._run(self.handle.close(deferred=self._deferred))
+                self._committed()
             finally:
                 self._drop_window()
                 if self._buf_charged:

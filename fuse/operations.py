@@ -54,12 +54,18 @@ BLOCK = 512
 IO_BLOCK = 1024 * 1024  # st_blksize: tools size their buffers from it
 
 
-def stat_of(attr: Attr, size: int | None = None, mtime_ns: int | None = None) -> dict[str, int]:
-    size = attr.size if size is None else size
+def stat_of(attr: Attr, open_file: OpenFile | None = None) -> dict[str, int]:
+    """`attr` as a stat result, with what this mount changed in it and has not committed yet."""
+    if open_file is None:
+        size, mtime_ns, ctime_ns, mode, atime_ns = attr.size, None, None, attr.mode, attr.atime_ns
+    else:
+        size, mtime_ns, ctime_ns = open_file.size, open_file.mtime_ns, open_file.ctime_ns
+        mode = attr.mode if open_file.mode is None else stat.S_IFMT(attr.mode) | open_file.mode
+        atime_ns = attr.atime_ns if open_file.atime_ns is None else open_file.atime_ns
     return {
-        "st_ino": attr.inode, "st_mode": attr.mode, "st_nlink": attr.nlink, "st_uid": attr.uid, "st_gid": attr.gid,
-        "st_size": size, "st_atime": attr.atime_ns, "st_mtime": mtime_ns or attr.mtime_ns,
-        "st_ctime": max(attr.ctime_ns, mtime_ns or 0), "st_blocks": (size + BLOCK - 1) // BLOCK,
+        "st_ino": attr.inode, "st_mode": mode, "st_nlink": attr.nlink, "st_uid": attr.uid, "st_gid": attr.gid,
+        "st_size": size, "st_atime": atime_ns, "st_mtime": mtime_ns or attr.mtime_ns,
+        "st_ctime": max(attr.ctime_ns, mtime_ns or 0, ctime_ns or 0), "st_blocks": (size + BLOCK - 1) // BLOCK,
         "st_blksize": IO_BLOCK, "st_rdev": attr.rdev,
     }
 
@@ -234,7 +240,7 @@ class DfsOperations(mfusepy.Operations):
         if open_file is None:
             self._told[attr.inode] = (attr.size, attr.mtime_ns)
             return stat_of(attr)
-        return stat_of(attr, open_file.size, open_file.mtime_ns)
+        return stat_of(attr, open_file)
 
     def _invalidate_kernel(self, path: str) -> None:
         if self._fuse is not None:
@@ -299,7 +305,7 @@ class DfsOperations(mfusepy.Operations):
         if fh is not None and _fh(fh) in self._handles:
             open_file = self._handles[_fh(fh)]
             attr = self.names.attr(open_file.inode) or open_file.handle.attr
-            return stat_of(attr, open_file.size, open_file.mtime_ns)
+            return stat_of(attr, open_file)
         if path is None:
             raise FuseOSError(errno.EBADF)
         return self._stat(self._attr(path))
@@ -316,8 +322,10 @@ class DfsOperations(mfusepy.Operations):
         else:
             raise FuseOSError(errno.EBADF)
         open_file = self._files.get(inode)
-        if open_file is not None and open_file.dirty and ("mtime_ns" in changes or "mtime_now" in changes):
-            open_file.flush(durable=False)  # the commit of earlier writes would move the mtime set here
+        if open_file is not None and (open_file.has_deferred or (
+                open_file.dirty and ("mtime_ns" in changes or "mtime_now" in changes))):
+            # the commit of earlier writes (and of what was deferred to it) must not undo this change
+            open_file.flush(durable=False)
         sent = time.monotonic()
         attr = self.meta(client.setattr(inode, **changes))
         self._stamp(attr.inode, sent)
@@ -333,13 +341,15 @@ class DfsOperations(mfusepy.Operations):
 
     @fuse_op
     def chmod(self, path: str | None, mode: int, fh: Any = None) -> int:
-        self._setattr(path, fh, mode=stat.S_IMODE(mode))
+        mode = stat.S_IMODE(mode)
+        if not self._unchanged(path, fh, {"mode": mode}) and not self._deferred(path, fh, mode=mode):
+            self._setattr(path, fh, mode=mode)
         return 0
 
     @fuse_op
     def chown(self, path: str | None, uid: int, gid: int, fh: Any = None) -> int:
         changes = {k: v for k, v in (("uid", uid), ("gid", gid)) if v != -1}
-        if changes and not self._owner_unchanged(path, fh, changes):
+        if changes and not self._unchanged(path, fh, changes):
             self._setattr(path, fh, **changes)
         return 0
 
@@ -350,12 +360,13 @@ class DfsOperations(mfusepy.Operations):
                 self._stamped = {k: v for k, v in self._stamped.items() if sent - v <= NOOP_WINDOW}
             self._stamped[inode] = sent
 
-    def _owner_unchanged(self, path: str | None, fh: Any, changes: dict[str, int]) -> bool:
-        """Whether this chown would change nothing and may skip its round trip: `tar x` as root gives
-        each file it has just made and changed the owner it already has. Only within NOOP_WINDOW of
-        this mount's own change to the file (so what we know is its state, and the ctime the chown
-        would set differs from the one it has by less than that: a timestamp granularity, as the
-        kernel's coarse clock has), for its owner or root, and with no set-id bit a chown may drop."""
+    def _unchanged(self, path: str | None, fh: Any, changes: dict[str, int]) -> bool:
+        """Whether this chown or chmod would change nothing and may skip its round trip: `tar x` as
+        root gives each file it has just made the owner and mode it already has. Only within
+        NOOP_WINDOW of this mount's own change to the file (so what we know is its state, and the
+        ctime the call would set differs from the one it has by less than that: a timestamp
+        granularity, as the kernel's coarse clock has), for its owner or root, and with no set-id
+        bit a chown may drop or a chmod may be refused."""
         self._check_writable()
         open_file = self._handles.get(_fh(fh)) if fh is not None else None
         inode = open_file.inode if open_file is not None else self.names.inode_of(path) if path else None
@@ -365,7 +376,28 @@ class DfsOperations(mfusepy.Operations):
         attr = self.names.attr(inode)
         if attr is None or attr.mode & (stat.S_ISUID | stat.S_ISGID) or self._caller()[0] not in (0, attr.uid):
             return False
-        return all(getattr(attr, key) == value for key, value in changes.items())
+        current = {"uid": attr.uid, "gid": attr.gid, "mode": stat.S_IMODE(attr.mode)}
+        return all(current[key] == value for key, value in changes.items())
+
+    def _deferred(self, path: str | None, fh: Any, mode: int | None = None, **times: int) -> bool:
+        """A utimens of explicit times, or a chmod that only adds rwx bits, on a file with unflushed
+        writes here, by its owner or root: it goes with those writes' commit (OpenFile.defer).
+        Other mounts see it when they see the data, at the close or fsync that commits both; until
+        then they see the narrower mode, never a wider one."""
+        open_file = self._handles.get(_fh(fh)) if fh is not None else None
+        if open_file is None and path is not None:
+            inode = self.names.inode_of(path)
+            open_file = self._files.get(inode) if inode is not None else None
+        if open_file is None or self.options.read_only:
+            return False
+        attr = self.names.attr(open_file.inode) or open_file.handle.attr
+        if attr.nlink != 1 or self._caller()[0] not in (0, attr.uid):
+            return False  # other names to invalidate, or the master is to judge the caller
+        if mode is not None:
+            old = stat.S_IMODE(attr.mode) if open_file.mode is None else open_file.mode
+            if (old | mode) & ~0o777 or old & ~mode:
+                return False  # set-id and sticky bits have rules of their own; a narrower mode is at once
+        return open_file.defer(mode=mode, **times)
 
     @fuse_op
     def utimens(self, path: str | None, times: tuple[int, int] | None = None, fh: Any = None) -> int:
@@ -378,6 +410,8 @@ class DfsOperations(mfusepy.Operations):
                 changes[f"{key}_now"] = True
             else:
                 changes[f"{key}_ns"] = int(value)
+        if "mtime_ns" in changes and "atime_now" not in changes and self._deferred(path, fh, **changes):
+            return 0
         if changes:
             self._setattr(path, fh, **changes)
         return 0

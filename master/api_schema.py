@@ -142,8 +142,10 @@ OPS: dict[str, Op] = {
     "lease": Op("A write lease on one chunk slot", {
         "inode": inode(), "index": integer(0, MAX_FILE_SIZE, required=True), "client": CLIENT,
         "exclude": array(integer(1, INT64_MAX), 1000, "Server ids that failed the last write.")}),
-    "commit": Op("Publish a write: size, mtime, lease release", {
-        "inode": inode(), "client": CLIENT, "size": SIZE, "mtime_ns": TIME,
+    "commit": Op("Publish a write: size, times, mode, lease release", {
+        "inode": inode(), "client": CLIENT, "size": SIZE, "mtime_ns": TIME, "atime_ns": TIME,
+        "mode": integer(0, 0o777, description="New permission bits (rwx only) set since the write, with it: "
+                        "the owner or root only."),
         "release": boolean(True)}, WITH_ATTR),
     "report": Op("A client found a bad replica", {
         "chunk_id": inode("Chunk id."), "server_id": inode("Server id."),

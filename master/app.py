@@ -262,7 +262,8 @@ async def op_lease(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 
 async def op_commit(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     attr = await m.placement.commit(_inode(p), _client(p), p.int("size", None, minimum=0, maximum=INT64_MAX),
-                                    _time(p, "mtime_ns"), bool(p.bool("release", True)), caller=c)
+                                    _time(p, "mtime_ns"), bool(p.bool("release", True)), atime_ns=_time(p, "atime_ns"),
+                                    mode=p.int("mode", None, minimum=0, maximum=0o777), caller=c)
     return {"attr": attr_json(attr)}
 
 

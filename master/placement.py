@@ -37,7 +37,8 @@ _NEW_CHUNK = Prepared(insert(chunks).values(inode=bindparam("inode"), idx=bindpa
 _NEW_REPLICA = Prepared(insert(replicas).values(chunk_id=bindparam("chunk_id"), server_id=bindparam("server_id"),
                                                 version=1))
 _COMMIT = Prepared(update(inodes).where(inodes.c.id == bindparam("inode")).values(
-    size=bindparam("size"), mtime_ns=bindparam("mtime_ns"), ctime_ns=bindparam("ctime_ns")))
+    size=bindparam("size"), mtime_ns=bindparam("mtime_ns"), ctime_ns=bindparam("ctime_ns"), mode=bindparam("mode"),
+    atime_ns=bindparam("atime_ns")))
 
 
 def _writable(row: Any) -> None:
@@ -191,8 +192,9 @@ class Placement:
     # -- commits and reports --------------------------------------------------------------------
 
     async def commit(self, inode: int, client: str, size: int | None, mtime_ns: int | None, release: bool, *,
-                     caller: Caller = ROOT) -> Attr:
-        """Record a finished write (size, mtime); without `size` only give the client's leases back."""
+                     atime_ns: int | None = None, mode: int | None = None, caller: Caller = ROOT) -> Attr:
+        """Record a finished write (size, mtime; the atime and permission bits set since); without
+        `size` only give the client's leases back."""
         if size is None:
             if release:
                 self.leases.release(inode, client)
@@ -205,10 +207,14 @@ class Placement:
             _writable(row)
             if caller.uid:
                 require(caller, row, W_OK)
+                if (mode is not None or atime_ns is not None) and caller.uid != row.uid:
+                    raise DfsError(errno.EPERM, f"inode {inode}: only its owner may set its mode or atime")
             now = time.time_ns()
-            new = {"size": max(row.size, size), "mtime_ns": now if mtime_ns is None else mtime_ns, "ctime_ns": now}
+            new = {"size": max(row.size, size), "mtime_ns": now if mtime_ns is None else mtime_ns, "ctime_ns": now,
+                   "mode": row.mode if mode is None else stat.S_IFMT(row.mode) | mode,
+                   "atime_ns": row.atime_ns if atime_ns is None else atime_ns}
             _COMMIT.run(conn, {"inode": inode, **new})
-            return Attr(inode, row.mode, row.uid, row.gid, new["size"], row.nlink, row.atime_ns, new["mtime_ns"],
+            return Attr(inode, new["mode"], row.uid, row.gid, new["size"], row.nlink, new["atime_ns"], new["mtime_ns"],
                         new["ctime_ns"], row.goal, row.rdev)
 
         attr = await self.db.run_write(txn)

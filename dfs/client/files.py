@@ -17,7 +17,7 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from typing import TYPE_CHECKING
 
 from dfs.client.chunkio import zeros
@@ -266,11 +266,13 @@ class FileHandle:
         self._forget_locations()
         self._leases.clear()
 
-    async def flush(self, durable: bool = True, release: bool = False) -> None:
+    async def flush(self, durable: bool = True, release: bool = False,
+                    deferred: Mapping[str, int] | None = None) -> None:
         """Commit size and mtime to the master; with `durable`, first fsync the written chunks on
         every replica (close(2) needs the commit, fsync(2) both; a kill -9 of a chunkserver loses
         nothing either way, since the data is in its page cache). With `release`, the leases go
-        back in the same call (a close(2)): a later write asks for new ones."""
+        back in the same call (a close(2)): a later write asks for new ones. `deferred`: attributes
+        set since the writes, committed with them (`mtime_ns` instead of the master's clock, `mode`)."""
         async with self._lock:
             if durable:
                 # a lease given back at a close: its chunks are synced under a new one
@@ -278,10 +280,11 @@ class FileHandle:
                                          if index in self._leases or index * self.chunk_size < self.size])
                 self._unsynced.clear()
             release = release and bool(self._leases)
+            self._dirty = self._dirty or bool(deferred)
             if self._dirty or release:
-                size = {"size": self.size} if self._dirty else {}
+                changes = {"size": self.size, **(deferred or {})} if self._dirty else {}
                 reply = await self._via().master.call("commit", inode=self.inode, client=self.client.client_id,
-                                                      release=release, **size)
+                                                      release=release, **changes)
                 if release:
                     self._leases.clear()
                 if self._dirty:
@@ -316,12 +319,13 @@ class FileHandle:
         self.closed = True
         return True
 
-    async def close(self) -> None:
+    async def close(self, deferred: Mapping[str, int] | None = None) -> None:
         """Flush, commit and give the leases back (a later writer need not wait for them to expire)."""
         if self.closed:
             return
         try:
-            await self.flush(durable=False, release=True)  # close(2) commits; only fsync(2) forces the disks
+            # close(2) commits; only fsync(2) forces the disks
+            await self.flush(durable=False, release=True, deferred=deferred)
         finally:
             self.closed = True
             if self._leases:  # the commit failed: give them back all the same
