@@ -31,6 +31,7 @@ from dfs.tokens import TOKEN_HEADER
 
 if TYPE_CHECKING:
     from dfs.client.client import Client
+    from dfs.client.localread import LocalReads
 
 CONNECT_TIMEOUT = 5.0
 #: Seconds a request may wait for bytes when the caller sets no patience (aiohttp's sock_read of the client).
@@ -226,9 +227,14 @@ def error_of(reply: Reply) -> DfsError:
 class InlineChunkIO(ChunkIO):
     """`ChunkIO` over `Connections`: its coroutines never suspend (run them with `run_inline`)."""
 
-    def __init__(self, connections: Connections, report_bad: ReportBad, read_timeout: float | None) -> None:
-        super().__init__(None, report_bad, read_timeout)  # type: ignore[arg-type]  # no aiohttp session
+    def __init__(self, connections: Connections, report_bad: ReportBad, read_timeout: float | None,
+                 local: LocalReads | None = None) -> None:
+        super().__init__(None, report_bad, read_timeout, local)  # type: ignore[arg-type]  # no aiohttp session
         self.connections = connections
+
+    async def _read_local(self, loc: ChunkLocation, start: int, end: int) -> bytes | None:
+        assert self.local is not None
+        return self.local.read(loc, start, end)  # here, in the calling thread
 
     async def _read_from(self, replica: Replica, loc: ChunkLocation, start: int, end: int,
                          patience: float | None = None) -> AsyncIterator[bytes]:
@@ -269,5 +275,5 @@ def inline_client(client: Client, connections: Connections) -> Client:
     """A view of `client` (its key, its identity) whose master calls and chunk transfers complete in
     the calling thread, for `FileHandle(inline=...)`; needs `client.open_channels()` first."""
     view = client.inline()
-    view.chunkio = InlineChunkIO(connections, view._report_bad, client.read_timeout)
+    view.chunkio = InlineChunkIO(connections, view._report_bad, client.read_timeout, client.local_reads)
     return view
