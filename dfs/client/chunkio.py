@@ -63,7 +63,7 @@ class ChunkIO:
         """Bytes [start, end) of a chunk: from the files of a replica on this host while that works
         (dfs/client/localread.py), then over HTTP from the first replica that serves them."""
         pos = start
-        if self.local is not None:
+        if self.local is not None and self.local.may_be_local(loc):
             while pos < end:
                 piece = await self._read_local(loc, pos, min(end, pos + STREAM_SLICE))
                 if piece is None:

@@ -43,8 +43,10 @@ log = logging.getLogger("dfs.client")
 OPEN_CHUNKS = 128
 #: Idle connections kept per chunkserver socket.
 MAX_IDLE = 4
-#: Seconds a chunkserver found not local (or whose socket failed) is read over HTTP before asking again.
+#: Seconds a chunkserver whose `/local` or socket failed is read over HTTP before asking again.
 RECHECK = 30.0
+#: Seconds a chunkserver found on another host (or without short-circuit reads) is not asked again.
+ELSEWHERE_FOR = 600.0
 #: Seconds a chunk the local chunkserver refused (missing, stale, unfinished) is read over HTTP.
 REFUSED_FOR = 2.0
 TIMEOUT = 5.0
@@ -88,7 +90,7 @@ class LocalReads:
 
     def __init__(self) -> None:
         self.host = host_identity()
-        self._servers: dict[str, tuple[_Server | None, float]] = {}  # url -> (local server or None, when asked)
+        self._servers: dict[str, tuple[_Server | None, float]] = {}  # url -> (local server or None, ask again at)
         self._open: OrderedDict[tuple[str, int], _Opened] = OrderedDict()  # (url, chunk id) -> files, LRU
         self._refused: OrderedDict[tuple[str, int, int], float] = OrderedDict()  # (url, id, version) -> until
         self._idle: dict[str, list[socket.socket]] = {}
@@ -116,7 +118,7 @@ class LocalReads:
         except (ConnectionError, TimeoutError) as exc:
             log.info("short-circuit reads from %s stop for %.0f s: %s", url, RECHECK, exc or type(exc).__name__)
             with self._lock:
-                self._servers[url] = (None, time.monotonic())
+                self._servers[url] = (None, time.monotonic() + RECHECK)
             reason = "unreachable"
         except OSError as exc:
             log.info("chunk %d v%d: short-circuit read failed: %s", loc.chunk_id, loc.version, exc)
@@ -126,6 +128,18 @@ class LocalReads:
             return data
         SHORT_CIRCUIT_FALLBACKS.labels(reason).inc()
         return None
+
+    def may_be_local(self, loc: ChunkLocation) -> bool:
+        """Whether `read` could find a local replica of `loc` (False: every one is known to be elsewhere),
+        without blocking: callers on an event loop skip the thread hop for remote chunks."""
+        if not self.host or self.closed:
+            return False
+        now = time.monotonic()
+        for replica in loc.servers:
+            cached = self._servers.get(replica.url)
+            if cached is None or cached[0] is not None or cached[1] <= now:
+                return True
+        return False
 
     def _local(self, loc: ChunkLocation) -> tuple[str, _Server] | None:
         """The first replica of `loc` on this host, unless it refused the chunk a moment ago."""
@@ -147,25 +161,30 @@ class LocalReads:
                 self._refused.popitem(last=False)
 
     def _server(self, url: str) -> _Server | None:
-        """The chunkserver at `url` if it runs on this host (asked once, again RECHECK after a no)."""
+        """The chunkserver at `url` if it runs on this host (asked once; a no is asked again later)."""
         cached = self._servers.get(url)
-        now = time.monotonic()
-        if cached is not None and (cached[0] is not None or now - cached[1] < RECHECK):
+        if cached is not None and (cached[0] is not None or cached[1] > time.monotonic()):
             return cached[0]
-        server = self._discover(url)
+        server, wait = self._discover(url)
         with self._lock:
-            self._servers[url] = (server, now)
+            self._servers[url] = (server, time.monotonic() + wait)
         return server
 
-    def _discover(self, url: str) -> _Server | None:
+    def _discover(self, url: str) -> tuple[_Server | None, float]:
+        """(the local server at `url` or None, seconds before asking again)."""
         try:
             reply = self._http.request(url, "GET", "/local", {}, timeout=TIMEOUT)
+            if reply.status >= 500:
+                return None, RECHECK
             body = json.loads(reply.body) if reply.status == 200 else {}
-            if body.get("host") == self.host and os.path.exists(str(body.get("socket"))):
-                return _Server(str(body["socket"]), str(body.get("instance")))
-        except (OSError, ValueError, AttributeError) as exc:
+            if not isinstance(body, dict) or body.get("host") != self.host:
+                return None, ELSEWHERE_FOR  # another host, or a chunkserver without short-circuit reads
+            if os.path.exists(str(body.get("socket"))):
+                return _Server(str(body["socket"]), str(body.get("instance"))), 0.0
+            log.debug("%s: its socket %s is not here", url, body.get("socket"))
+        except (OSError, ValueError) as exc:
             log.debug("%s: no short-circuit reads: %s", url, exc)
-        return None
+        return None, RECHECK
 
     def _read(self, url: str, server: _Server, loc: ChunkLocation, start: int, end: int) -> bytes:
         opened = self._acquire(url, server, loc, end)
