@@ -121,7 +121,8 @@ class LocalReads:
         try:
             request = json.loads(line)
             chunk_id, version, token = int(request["chunk_id"]), int(request["version"]), str(request["token"])
-        except (ValueError, TypeError, KeyError):
+            start, end = max(0, int(request.get("start", 0))), max(0, int(request.get("end", 0)))
+        except (ValueError, TypeError, KeyError, AttributeError):
             raise DfsError(errno.EINVAL, "malformed short-circuit request") from None
         if self.keys is None:
             raise DfsError(errno.EAGAIN, "chunkserver has no cluster keys")
@@ -131,18 +132,22 @@ class LocalReads:
         if entry is None:
             raise DfsError(errno.ENOENT, f"chunk {chunk_id}: no such chunk")
         length = int(info["length"])
-        fds = await diskio.run(_open_files, entry.root, chunk_id, version, length)
+        fds = await diskio.run(_open_files, entry.root, chunk_id, version, length, start, min(end, length))
         return {"ok": True, "instance": self.instance, "length": length, "block_size": BLOCK_SIZE,
                 "digests_at": HEADER.size, "digest_size": DIGEST_SIZE}, fds
 
 
-def _open_files(root: Path, chunk_id: int, version: int, length: int) -> list[int]:
+def _open_files(root: Path, chunk_id: int, version: int, length: int, start: int, end: int) -> list[int]:
     """[data fd, meta fd], both O_RDONLY, after checking the meta is the one of `version` and `length`
-    (EAGAIN when a write or a truncate changed the chunk since it was checked)."""
+    (EAGAIN when a write or a truncate changed the chunk since it was checked). The disk starts on the
+    client's first bytes, [start, end), while the meta file is read."""
     data_path, meta_path = chunk_paths(root, chunk_id)
     fds: list[int] = []
     try:
         fds.append(os.open(data_path, os.O_RDONLY | os.O_CLOEXEC))
+        if start < end:
+            first, last = start - start % BLOCK_SIZE, min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, length)
+            os.posix_fadvise(fds[0], first, last - first, os.POSIX_FADV_WILLNEED)
         fds.append(os.open(meta_path, os.O_RDONLY | os.O_CLOEXEC))
         head = os.pread(fds[1], HEADER.size, 0)
         if len(head) != HEADER.size:

@@ -98,15 +98,18 @@ class LocalReads:
         self._http = Connections()
         self.closed = False
 
-    def read(self, loc: ChunkLocation, start: int, end: int) -> bytes | None:
+    def read(self, loc: ChunkLocation, start: int, end: int, ahead: int = 0) -> bytes | None:
         """Bytes [start, end) of the chunk from a replica on this host, every block verified; None when
-        no replica is local or the read failed (then read them over HTTP). Blocks: call from a thread."""
+        no replica is local or the read failed (then read them over HTTP). Blocks: call from a thread.
+
+        `ahead`: where the whole read this piece starts ends; the kernel is asked for those bytes at
+        once, so that the disk reads on while the pieces are verified and handed on."""
         found = self._local(loc)
         if found is None:
             return None
         url, server = found
         try:
-            data = self._read(url, server, loc, start, end)
+            data = self._read(url, server, loc, start, end, max(end, ahead))
         except _Fallback as exc:
             reason = exc.reason
         except DfsError as err:
@@ -186,10 +189,10 @@ class LocalReads:
             log.debug("%s: no short-circuit reads: %s", url, exc)
         return None, RECHECK
 
-    def _read(self, url: str, server: _Server, loc: ChunkLocation, start: int, end: int) -> bytes:
-        opened = self._acquire(url, server, loc, end)
+    def _read(self, url: str, server: _Server, loc: ChunkLocation, start: int, end: int, ahead: int) -> bytes:
+        opened = self._acquire(url, server, loc, start, end, ahead)
         try:
-            data = _verified(opened, start, end)
+            data = _verified(opened, start, end, ahead)
         finally:
             self._release(opened)
         if data is None:  # its meta file may predate a write in place: open afresh next time
@@ -199,7 +202,8 @@ class LocalReads:
             raise _Fallback("corrupt")
         return data
 
-    def _acquire(self, url: str, server: _Server, loc: ChunkLocation, end: int) -> _Opened:
+    def _acquire(self, url: str, server: _Server, loc: ChunkLocation, start: int, end: int,
+                 ahead: int) -> _Opened:
         """The chunk's files, open at `loc.version` with at least `end` bytes, for one read."""
         key = (url, loc.chunk_id)
         with self._lock:
@@ -211,7 +215,7 @@ class LocalReads:
                 self._open.move_to_end(key)
                 opened.users += 1
                 return opened
-        opened = self._ask(server, loc)
+        opened = self._ask(server, loc, start, ahead)
         if end > opened.length:  # past the replica's data: zeros, as HTTP serves them
             opened.close()
             raise _Fallback("beyond")
@@ -240,9 +244,11 @@ class LocalReads:
         if opened.users == 0:
             opened.close()
 
-    def _ask(self, server: _Server, loc: ChunkLocation) -> _Opened:
-        """The chunk's files from the chunkserver (DfsError: refused; ConnectionError: its socket)."""
-        request = encode({"chunk_id": loc.chunk_id, "version": loc.version, "token": loc.token})
+    def _ask(self, server: _Server, loc: ChunkLocation, start: int, end: int) -> _Opened:
+        """The chunk's files from the chunkserver (DfsError: refused; ConnectionError: its socket), which
+        starts the disk on bytes [start, end) while it checks the meta file."""
+        request = encode({"chunk_id": loc.chunk_id, "version": loc.version, "token": loc.token,
+                          "start": start, "end": end})
         for _ in range(2):
             sock, kept = self._connect(server.socket)
             try:
@@ -314,14 +320,14 @@ class LocalReads:
         self._http.close()
 
 
-def _verified(opened: _Opened, start: int, end: int) -> bytes | None:
+def _verified(opened: _Opened, start: int, end: int, ahead: int) -> bytes | None:
     """Bytes [start, end) (end <= length) read with the whole blocks they lie in, each checked against
-    its digest; None on a mismatch or a file shorter than the chunk's length."""
+    its digest; None on a mismatch or a file shorter than the chunk's length. The disk starts on the
+    data up to `ahead` before the digests are read (a cold read waits for one disk read, not two)."""
     first = start - start % BLOCK_SIZE
     last = min(-(-end // BLOCK_SIZE) * BLOCK_SIZE, opened.length)
     count = -(-(last - first) // BLOCK_SIZE)
-    os.posix_fadvise(opened.data_fd, first, last - first, os.POSIX_FADV_WILLNEED)  # the disk starts on the
-    # data while the digests are read: a cold read waits for one disk read, not two
+    os.posix_fadvise(opened.data_fd, first, min(max(last, ahead), opened.length) - first, os.POSIX_FADV_WILLNEED)
     raw = os.pread(opened.meta_fd, count * DIGEST.size, opened.digests_at + first // BLOCK_SIZE * DIGEST.size)
     data = os.pread(opened.data_fd, last - first, first)
     if len(raw) != count * DIGEST.size or len(data) != last - first:
