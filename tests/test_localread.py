@@ -8,7 +8,6 @@ import fcntl
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,20 +17,12 @@ from dfs.client.sync import SyncClient
 from dfs.localread import encode, receive
 from dfs.tokens import TOKEN_HEADER
 from tests.harness import Cluster, http_json
+from tests.test_client import fs as fs  # the module's client fixture
 from tests.test_client import pattern, put
 
 pytestmark = pytest.mark.timeout(120)
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def fs(cluster: Cluster) -> Iterator[SyncClient]:
-    client = SyncClient(cluster.master_url)
-    try:
-        yield client
-    finally:
-        client.shutdown()
 
 
 def counter(name: str, **labels: str) -> float:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from dfs.checksum import BLOCK_SIZE, DIGEST, block_digest
+from dfs.client.idle import IdlePool
 from dfs.client.inlineio import Connections
 from dfs.client.metrics import SHORT_CIRCUIT_FALLBACKS, SHORT_CIRCUIT_READS
 from dfs.errors import DfsError
@@ -93,7 +94,7 @@ class LocalReads:
         self._servers: dict[str, tuple[_Server | None, float]] = {}  # url -> (local server or None, ask again at)
         self._open: OrderedDict[tuple[str, int], _Opened] = OrderedDict()  # (url, chunk id) -> files, LRU
         self._refused: OrderedDict[tuple[str, int, int], float] = OrderedDict()  # (url, id, version) -> until
-        self._idle: dict[str, list[socket.socket]] = {}
+        self._idle: IdlePool[str, socket.socket] = IdlePool(MAX_IDLE, socket.socket.close)
         self._lock = threading.Lock()
         self._http = Connections()
         self.closed = False
@@ -262,7 +263,7 @@ class LocalReads:
             except BaseException:
                 sock.close()
                 raise
-            self._give_back(server.socket, sock)
+            self._idle.give_back(server.socket, sock)
             break
         else:
             raise ConnectionError(f"{server.socket} closed the connection twice")
@@ -283,10 +284,9 @@ class LocalReads:
 
     def _connect(self, path: str) -> tuple[socket.socket, bool]:
         """(connection, whether it was kept from an earlier request)."""
-        with self._lock:
-            idle = self._idle.get(path)
-            if idle:
-                return idle.pop(), True
+        kept = self._idle.take(path)
+        if kept is not None:
+            return kept, True
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(TIMEOUT)
         try:
@@ -299,24 +299,13 @@ class LocalReads:
             raise
         return sock, False
 
-    def _give_back(self, path: str, sock: socket.socket) -> None:
-        with self._lock:
-            idle = self._idle.setdefault(path, [])
-            if not self.closed and len(idle) < MAX_IDLE:
-                idle.append(sock)
-                return
-        sock.close()
-
     def close(self) -> None:
         """Close every file and connection (reads in progress close theirs when done)."""
         with self._lock:
             self.closed = True
             for key in list(self._open):
                 self._drop(key)
-            idle, self._idle = self._idle, {}
-        for socks in idle.values():
-            for sock in socks:
-                sock.close()
+        self._idle.close()
         self._http.close()
 
 
