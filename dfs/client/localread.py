@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -274,6 +275,8 @@ class LocalReads:
         try:
             if reply.get("instance") != server.instance or len(fds) != 2:
                 raise ConnectionError(f"{server.socket} is not the chunkserver that announced it")
+            if any(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY for fd in fds):
+                raise DfsError(errno.EPROTO, f"{server.socket}: chunk files must come read-only")
             if reply.get("block_size") != BLOCK_SIZE or reply.get("digest_size") != DIGEST.size:
                 raise DfsError(errno.EPROTO, f"{server.socket}: unknown meta layout")
             return _Opened(loc.version, fds[0], fds[1], int(reply["length"]), int(reply["digests_at"]))
