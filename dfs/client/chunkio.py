@@ -61,11 +61,12 @@ class ChunkIO:
 
     async def read(self, loc: ChunkLocation, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a chunk: from the files of a replica on this host while that works
-        (dfs/client/localread.py), then over HTTP from the first replica that serves them."""
+        (dfs/client/localread.py; reads of at most its `max_read`), then over HTTP from the first replica
+        that serves them."""
         pos = start
-        if self.local is not None and self.local.may_be_local(loc):
+        if self.local is not None and end - start <= self.local.max_read and self.local.may_be_local(loc):
             while pos < end:
-                piece = await self._read_local(loc, pos, min(end, pos + STREAM_SLICE), end if pos == start else 0)
+                piece = await self._read_local(loc, pos, min(end, pos + STREAM_SLICE))
                 if piece is None:
                     break
                 pos += len(piece)
@@ -75,10 +76,10 @@ class ChunkIO:
             async for piece in self._read_replicas(loc, pos, end):
                 yield piece
 
-    async def _read_local(self, loc: ChunkLocation, start: int, end: int, ahead: int) -> bytes | None:
+    async def _read_local(self, loc: ChunkLocation, start: int, end: int) -> bytes | None:
         """A short-circuit read, on a thread: it blocks on the disk."""
         assert self.local is not None
-        return await asyncio.to_thread(self.local.read, loc, start, end, ahead)
+        return await asyncio.to_thread(self.local.read, loc, start, end)
 
     async def _read_replicas(self, loc: ChunkLocation, start: int, end: int) -> AsyncIterator[bytes]:
         """Bytes [start, end) of a chunk over HTTP, from the first replica that serves them.

@@ -215,9 +215,9 @@ class InlineChunkIO(ChunkIO):
         super().__init__(None, report_bad, read_timeout, local)  # type: ignore[arg-type]  # no aiohttp session
         self.connections = connections
 
-    async def _read_local(self, loc: ChunkLocation, start: int, end: int, ahead: int) -> bytes | None:
+    async def _read_local(self, loc: ChunkLocation, start: int, end: int) -> bytes | None:
         assert self.local is not None
-        return self.local.read(loc, start, end, ahead)  # here, in the calling thread
+        return self.local.read(loc, start, end)  # here, in the calling thread
 
     async def _read_from(self, replica: Replica, loc: ChunkLocation, start: int, end: int,
                          patience: float | None = None) -> AsyncIterator[bytes]:
