@@ -2,12 +2,13 @@
 
 A client whose chunkserver runs on its own host (same `host_identity()`, learnt from the
 chunkserver's `GET /local`) asks the chunkserver's Unix socket for a chunk, as HDFS clients do with
-dfs.client.read.shortcircuit: one request line of JSON `{chunk_id, version, token}` (the read token
-the HTTP GET checks). The reply is one line of JSON; when it is `{"ok": true, ...}` it carries, as
-SCM_RIGHTS ancillary data, two O_RDONLY descriptors: the chunk's data file and its meta file, with
-what the client needs to verify the bytes itself (`length`, `block_size`, where the digests start in
-the meta file and their size). Otherwise it is `{"ok": false, "status", "error", "message"}` (the
-errors of the HTTP read). One connection serves any number of requests, one after another.
+dfs.client.read.shortcircuit: one request line of JSON `{chunk_id, version, token, start, end}` (the
+read token the HTTP GET checks; the bytes the client reads first, which the disk starts on at once).
+The reply is one line of JSON; when it is `{"ok": true, ...}` it carries, as SCM_RIGHTS ancillary
+data, two O_RDONLY descriptors: the chunk's data file and its meta file, with what the client needs
+to verify the bytes itself (`length`, `block_size`, where the digests start in the meta file and
+their size). Otherwise it is `{"ok": false, "status", "error", "message"}` (the errors of the HTTP
+read). One connection serves any number of requests, one after another.
 """
 
 from __future__ import annotations
