@@ -158,6 +158,36 @@ def test_local_describes_the_socket(cluster: Cluster) -> None:
         assert json.dumps(body)  # plain JSON
 
 
+def test_without_short_circuit_reads_go_over_http(cluster: Cluster) -> None:
+    data = pattern(150_000, 11)
+    with SyncClient(cluster.master_url, short_circuit=False) as plain:
+        put(plain, "/sc-off", data)
+        before = reads()
+        with plain.open("/sc-off") as f:
+            assert f.read(1000, 5000) == data[1000:6000]
+        assert reads() == before
+
+
+def test_a_restarted_chunkserver_is_read_again(cluster: Cluster, fs: SyncClient) -> None:
+    """Its kept connection and files belong to the old process: the read still returns the right bytes."""
+    data, other = pattern(120_000, 12), pattern(90_000, 13)
+    put(fs, "/sc-restart", data)
+    put(fs, "/sc-restart-2", other)
+    url = first_chunk(fs, "/sc-restart-2")["servers"][0]["url"]  # the server short-circuit reads it from
+    with fs.open("/sc-restart") as f, fs.open("/sc-restart-2") as g:
+        assert f.read(0, 1000) == data[:1000]
+        cs = next(cs for cs in cluster.chunkservers if cs.url == url)
+        cs.stop()
+        cs.start()
+        cs.wait_healthy()
+        cluster.wait_servers(len(cluster.chunkservers))
+        assert f.read(70_000, 1000) == data[70_000:71_000]  # files held open stay readable
+        unreachable = fallbacks("unreachable")
+        assert g.read(0, len(other)) == other  # a new chunk: the socket is another process's now
+        assert fallbacks("unreachable") == unreachable + 1
+        assert f.read(0, len(data)) == data
+
+
 def test_socket_removed_at_stop(cluster: Cluster) -> None:
     """Last: it stops a chunkserver of the module's cluster."""
     cs = cluster.chunkservers[-1]
