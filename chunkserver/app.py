@@ -19,6 +19,8 @@ from aiohttp import web
 from chunkserver import copier, replication
 from chunkserver.config import ChunkserverConfig
 from chunkserver.heartbeat import MasterLink
+from chunkserver.localread import describe as describe_local
+from chunkserver.localread import local_reads_ctx
 from chunkserver.metrics import COPIES, FORWARDED_BYTES, READ_BYTES, WRITES, add_chunkserver_metrics
 from chunkserver.scrubber import Scrubber
 from chunkserver.store import MAX_ID, SMALL_READ, ChunkStore
@@ -50,7 +52,7 @@ SCRUBBER = web.AppKey("scrubber", Scrubber)
 
 #: Routes anyone may call; every other one needs a chunk token (dfs/tokens.py), checked here (401) and
 #: in its handler against the op, chunk and version it serves (`authorize`, 403).
-OPEN_PATHS = frozenset({"/health", "/metrics"})
+OPEN_PATHS = frozenset({"/health", "/metrics", "/local"})
 TOKEN = web.RequestKey("token", Token)
 
 
@@ -295,6 +297,7 @@ def create_app(config: ChunkserverConfig) -> web.Application:
             yield
 
     app.cleanup_ctx.append(resources)
+    app.cleanup_ctx.append(local_reads_ctx(config.socket_path, STORE, config.keys))
 
     def health() -> dict[str, object]:
         link = app[LINK]
@@ -307,6 +310,7 @@ def create_app(config: ChunkserverConfig) -> web.Application:
         return extra
 
     add_health(app, "chunkserver", health)
+    app.router.add_get("/local", describe_local)  # short-circuit reads (chunkserver/localread.py)
     app.router.add_get("/chunks", list_chunks)
     app.router.add_put("/chunks/{id}", put_chunk)
     app.router.add_get("/chunks/{id}", get_chunk)  # and HEAD

@@ -20,6 +20,8 @@ WRITTEN_BYTES = Counter("dfs_chunkserver_written_bytes", "Chunk bytes stored: by
                         "previous server of a chain) and by copies pulled from another server", ["kind"])
 FORWARDED_BYTES = Counter("dfs_chunkserver_forwarded_bytes", "Bytes of writes forwarded to the next server of "
                           "the chain")
+SHORT_CIRCUIT_OPENS = Counter("dfs_chunkserver_short_circuit_opens", "Requests for a chunk's open files on the "
+                              "short-circuit socket (chunkserver/localread.py), by result", ["result"])
 WRITES = WRITTEN_BYTES.labels("write")
 COPIES = WRITTEN_BYTES.labels("copy")
 

@@ -101,7 +101,7 @@ def serve(master_url: str, mountpoint: Path, options: MountOptions, fuse_options
     from fuse.operations import DfsOperations
 
     loop = LoopThread()
-    client = Client(master_url, retry_for=retry_for, key=key)
+    client = Client(master_url, retry_for=retry_for, key=key, short_circuit=options.short_circuit)
     client.umask = 0  # the kernel has applied the caller's umask already
     try:
         loop.run(client.start())
@@ -204,9 +204,13 @@ def _wait_for_child(pid: int, read_end: int, mountpoint: Path) -> int:
               help="Where the background mount logs (default: nowhere).")
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=None,
               help="Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (default: none).")
+@click.option("--short-circuit/--no-short-circuit", envvar="DFS_SHORT_CIRCUIT", default=True, show_default=True,
+              show_envvar=True, help="Read replicas on this host straight from their files (handed over by their "
+                                     "chunkserver), not over HTTP.")
 def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tuple[str, ...], allow_other: bool,
                   read_only: bool, attr_timeout: float, entry_timeout: float, write_buffer: int, read_ahead: int,
-                  memory_cap: int, master_timeout: float, log_file: Path | None, metrics_port: int | None) -> None:
+                  memory_cap: int, master_timeout: float, log_file: Path | None, metrics_port: int | None,
+                  short_circuit: bool) -> None:
     """Mount the cluster at MOUNTPOINT.
 
     \b
@@ -220,7 +224,7 @@ def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tu
         raise click.UsageError("--write-buffer must be at least 1MiB and --memory-cap at least twice it")
     options = MountOptions(attr_timeout=attr_timeout, entry_timeout=entry_timeout, write_buffer=write_buffer,
                            read_ahead=read_ahead, memory_cap=memory_cap, read_only=read_only,
-                           metrics_port=metrics_port)
+                           metrics_port=metrics_port, short_circuit=short_circuit)
     fuse_options: dict[str, Any] = {"fsname": "dfs", "subtype": "dfs", "default_permissions": True, "use_ino": True}
     if allow_other:
         fuse_options["allow_other"] = True

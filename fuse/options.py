@@ -14,3 +14,4 @@ class MountOptions:
     memory_cap: int = 256 * 1024 * 1024
     read_only: bool = False
     metrics_port: int | None = None  # serve /metrics on 127.0.0.1 (fuse/metrics.py)
+    short_circuit: bool = True  # read replicas on this host from their files (dfs/client/localread.py)

@@ -111,12 +111,15 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
 @click.option("--secret-file", envvar="DFS_SECRET_FILE", default=None, show_envvar=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The cluster secret file (mode 0600), instead of --join-token.")
+@click.option("--short-circuit/--no-short-circuit", default=True, show_default=True,
+              help="Hand chunk files to clients on this host over a Unix socket (local.sock in the first --data "
+                   "folder), so that they read them directly.")
 @tls_server_options
 @log_level_option
 def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tuple[str, int],
                         capacity: int | None, public_url: str | None, scrub_rate: int, scrub_interval: float,
-                        join_token: str | None, secret_file: Path | None, tls_cert: Path | None,
-                        tls_key: Path | None, log_level: str) -> None:
+                        join_token: str | None, secret_file: Path | None, short_circuit: bool,
+                        tls_cert: Path | None, tls_key: Path | None, log_level: str) -> None:
     """Run a chunkserver that stores chunks in the --data folders."""
     from chunkserver.config import ChunkserverConfig
     from chunkserver.service import run_chunkserver
@@ -133,7 +136,8 @@ def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tu
     setup_logging("chunkserver", log_level)
     config = ChunkserverConfig(data_dirs=list(data_dirs), master_url=master_url.rstrip("/"), host=listen[0],
                                port=listen[1], capacity=capacity, public_url=public_url, scrub_rate=scrub_rate,
-                               scrub_interval=scrub_interval, keys=keys, tls_cert=tls_cert, tls_key=tls_key)
+                               scrub_interval=scrub_interval, keys=keys, tls_cert=tls_cert, tls_key=tls_key,
+                               short_circuit=short_circuit)
     asyncio.run(run_chunkserver(config))
 
 

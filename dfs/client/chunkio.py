@@ -6,6 +6,7 @@ import asyncio
 import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 
@@ -14,6 +15,9 @@ from dfs.client.rpc import error_from_response
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER, STREAM_SLICE, ChunkLocation, Lease, Replica
 from dfs.tokens import TOKEN_HEADER, TOKEN_REFUSED
+
+if TYPE_CHECKING:
+    from dfs.client.localread import LocalReads
 
 log = logging.getLogger("dfs.client")
 
@@ -49,13 +53,36 @@ def zeros(length: int) -> AsyncIterator[bytes]:
 
 class ChunkIO:
     def __init__(self, session: aiohttp.ClientSession, report_bad: ReportBad,
-                 read_timeout: float | None = READ_TIMEOUT) -> None:
+                 read_timeout: float | None = READ_TIMEOUT, local: LocalReads | None = None) -> None:
         self.session = session
         self.report_bad = report_bad
         self.read_timeout = read_timeout
+        self.local = local  # short-circuit reads of replicas on this host (None: HTTP only)
 
     async def read(self, loc: ChunkLocation, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes [start, end) of a chunk, from the first replica that serves them.
+        """Bytes [start, end) of a chunk: from the files of a replica on this host while that works
+        (dfs/client/localread.py; reads of at most its `max_read`), then over HTTP from the first replica
+        that serves them."""
+        pos = start
+        if self.local is not None and end - start <= self.local.max_read and self.local.may_be_local(loc):
+            while pos < end:
+                piece = await self._read_local(loc, pos, min(end, pos + STREAM_SLICE))
+                if piece is None:
+                    break
+                pos += len(piece)
+                READ_BYTES.inc(len(piece))
+                yield piece
+        if pos < end:
+            async for piece in self._read_replicas(loc, pos, end):
+                yield piece
+
+    async def _read_local(self, loc: ChunkLocation, start: int, end: int) -> bytes | None:
+        """A short-circuit read, on a thread: it blocks on the disk."""
+        assert self.local is not None
+        return await asyncio.to_thread(self.local.read, loc, start, end)
+
+    async def _read_replicas(self, loc: ChunkLocation, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes [start, end) of a chunk over HTTP, from the first replica that serves them.
 
         A replica that fails (refused, stale, corrupt, cut off mid-stream) is reported and the read
         goes on from the next one at the byte where the last stopped. ESTALE from every replica

@@ -26,6 +26,7 @@ from dfs.auth import auth_headers, find_key, identity_headers
 from dfs.client.channel import ChannelMaster, Channels
 from dfs.client.chunkio import READ_TIMEOUT, ChunkIO
 from dfs.client.files import FileHandle
+from dfs.client.localread import LocalReads
 from dfs.client.rpc import MasterClient
 from dfs.errors import DfsError
 from dfs.names import parent_and_name, split_path
@@ -46,7 +47,8 @@ class Client:
     that call as someone else over the same connections."""
 
     def __init__(self, master_url: str, *, retry_for: float = 30.0, uid: int | None = None,
-                 gid: int | None = None, read_timeout: float | None = READ_TIMEOUT, key: str | None = None) -> None:
+                 gid: int | None = None, read_timeout: float | None = READ_TIMEOUT, key: str | None = None,
+                 short_circuit: bool = True) -> None:
         self.master_url = master_url.rstrip("/")
         self.key = find_key() if key is None else key
         self._headers = auth_headers(self.key)
@@ -60,6 +62,8 @@ class Client:
         self.chunk_size = 0
         self._session: aiohttp.ClientSession | None = None
         self.channels: Channels | None = None  # open_channels(): per-thread WebSockets for inline()
+        #: short-circuit reads of replicas on this host (dfs/client/localread.py); None: HTTP only
+        self.local_reads: LocalReads | None = LocalReads() if short_circuit else None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -70,7 +74,7 @@ class Client:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
             self.master = MasterClient(self._session, self.master_url, self.retry_for, self._headers)
-            self.chunkio = ChunkIO(self._session, self._report_bad, self.read_timeout)
+            self.chunkio = ChunkIO(self._session, self._report_bad, self.read_timeout, self.local_reads)
             try:
                 self.chunk_size = await self._chunk_size()
             except BaseException:
@@ -94,7 +98,7 @@ class Client:
         view._headers = headers
         view.uid, view.gid = uid, gid
         view.master = self._master_for(headers)
-        view.chunkio = ChunkIO(self._session, view._report_bad, self.read_timeout)
+        view.chunkio = ChunkIO(self._session, view._report_bad, self.read_timeout, self.local_reads)
         return view
 
     def _master_for(self, headers: dict[str, str]) -> MasterClient:
@@ -136,6 +140,8 @@ class Client:
     async def close(self) -> None:
         if self.channels is not None and self._owner:
             self.channels.close()
+        if self.local_reads is not None and self._owner:
+            self.local_reads.close()
         if self._session is not None and self._owner:
             await self._session.close()
             self._session = None

@@ -17,13 +17,13 @@ import contextlib
 import errno
 import json
 import socket
-import threading
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from dfs import tls
 from dfs.client.chunkio import ChunkIO, ReportBad
+from dfs.client.idle import IdlePool
 from dfs.client.metrics import WRITTEN_BYTES
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER, ChunkLocation, Lease, Replica
@@ -31,6 +31,7 @@ from dfs.tokens import TOKEN_HEADER
 
 if TYPE_CHECKING:
     from dfs.client.client import Client
+    from dfs.client.localread import LocalReads
 
 CONNECT_TIMEOUT = 5.0
 #: Seconds a request may wait for bytes when the caller sets no patience (aiohttp's sock_read of the client).
@@ -76,9 +77,7 @@ class Connections:
     """Keep-alive HTTP/1.1 connections to chunkservers, shared by the threads that call."""
 
     def __init__(self) -> None:
-        self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
-        self._lock = threading.Lock()
-        self.closed = False
+        self._pool: IdlePool[tuple[str, str, int], _Conn] = IdlePool(MAX_IDLE, _Conn.close)
 
     def request(self, base_url: str, method: str, target: str, headers: dict[str, str],
                 body: bytes | memoryview = b"", timeout: float | None = None) -> Reply:
@@ -108,30 +107,15 @@ class Connections:
         raise ConnectionError(f"{base_url} closed the connection twice")
 
     def _take(self, key: tuple[str, str, int], connect_timeout: float) -> _Conn:
-        with self._lock:
-            if self.closed:
-                raise ConnectionError("the client is closed")
-            idle = self._idle.get(key)
-            if idle:
-                return idle.pop()
-        return _Conn(*key, connect_timeout)
+        conn = self._pool.take(key)
+        return conn if conn is not None else _Conn(*key, connect_timeout)
 
     def _give_back(self, key: tuple[str, str, int], conn: _Conn) -> None:
         conn.used = True
-        with self._lock:
-            idle = self._idle.setdefault(key, [])
-            if not self.closed and len(idle) < MAX_IDLE:
-                idle.append(conn)
-                return
-        conn.close()
+        self._pool.give_back(key, conn)
 
     def close(self) -> None:
-        with self._lock:
-            self.closed = True
-            idle, self._idle = self._idle, {}
-        for conns in idle.values():
-            for conn in conns:
-                conn.close()
+        self._pool.close()
 
 
 def _head(method: str, target: str, host: str, port: int, headers: dict[str, str], length: int) -> bytes:
@@ -226,9 +210,14 @@ def error_of(reply: Reply) -> DfsError:
 class InlineChunkIO(ChunkIO):
     """`ChunkIO` over `Connections`: its coroutines never suspend (run them with `run_inline`)."""
 
-    def __init__(self, connections: Connections, report_bad: ReportBad, read_timeout: float | None) -> None:
-        super().__init__(None, report_bad, read_timeout)  # type: ignore[arg-type]  # no aiohttp session
+    def __init__(self, connections: Connections, report_bad: ReportBad, read_timeout: float | None,
+                 local: LocalReads | None = None) -> None:
+        super().__init__(None, report_bad, read_timeout, local)  # type: ignore[arg-type]  # no aiohttp session
         self.connections = connections
+
+    async def _read_local(self, loc: ChunkLocation, start: int, end: int) -> bytes | None:
+        assert self.local is not None
+        return self.local.read(loc, start, end)  # here, in the calling thread
 
     async def _read_from(self, replica: Replica, loc: ChunkLocation, start: int, end: int,
                          patience: float | None = None) -> AsyncIterator[bytes]:
@@ -269,5 +258,5 @@ def inline_client(client: Client, connections: Connections) -> Client:
     """A view of `client` (its key, its identity) whose master calls and chunk transfers complete in
     the calling thread, for `FileHandle(inline=...)`; needs `client.open_channels()` first."""
     view = client.inline()
-    view.chunkio = InlineChunkIO(connections, view._report_bad, client.read_timeout)
+    view.chunkio = InlineChunkIO(connections, view._report_bad, client.read_timeout, client.local_reads)
     return view

@@ -19,6 +19,10 @@ READ_BYTES = CHUNK_BYTES.labels("read")
 WRITTEN_BYTES = CHUNK_BYTES.labels("written")
 REPLICA_FAILURES = Counter("dfs_client_replica_failures", "Replicas that failed a read and were reported to the "
                            "master, by problem", ["problem"])
+SHORT_CIRCUIT_READS = Counter("dfs_client_short_circuit_reads", "Pieces of chunks read and verified straight "
+                              "from the files of a replica on this host (dfs/client/localread.py)")
+SHORT_CIRCUIT_FALLBACKS = Counter("dfs_client_short_circuit_fallbacks", "Short-circuit reads given up for the HTTP "
+                                  "read of the same range, by reason", ["reason"])
 
 _calls: dict[tuple[str, bool], tuple[Any, Any]] = {}
 

@@ -242,3 +242,36 @@ def test_small_files_cost_few_round_trips(metered_mount: tuple[Cluster, Mount, s
     assert calls(read, written, "chunks") == 0
     assert value(read, "dfs_client_chunk_bytes_total", direction="read") - value(
         written, "dfs_client_chunk_bytes_total", direction="read") == 5 * 4096
+
+
+@pytest.mark.timeout(120)
+def test_mount_reads_local_replicas_short_circuit(metered_mount: tuple[Cluster, Mount, str]) -> None:
+    """Every chunkserver is on this host: the mount's small reads read chunk files handed over by their
+    chunkservers (dfs/client/localread.py), and none reaches a chunkserver over HTTP; sequential
+    read-ahead windows (more than 1 MiB) still go over HTTP."""
+    cluster, mount, url = metered_mount
+    size = 2 * MiB + 4321
+    data = os.urandom(size)
+    with SyncClient(cluster.master_url, short_circuit=False) as fs:
+        fs.upload("/local.bin", one_piece(data))
+    servers = [cs.url + "/metrics" for cs in cluster.chunkservers]
+    gets_before = sum(value(scrape(s), "dfs_http_requests_total", operation="/chunks/{id}", method="GET")
+                      for s in servers)
+    before = scrape(url)
+    with open(mount.mountpoint / "local.bin", "rb") as f:
+        for offset in (0, MiB - 1000, size - 100, 12345):
+            f.seek(offset)
+            assert f.read(4096) == data[offset : offset + 4096]
+    after = scrape(url)
+
+    def moved(name: str) -> float:
+        return value(after, name) - value(before, name)
+
+    assert moved("dfs_client_short_circuit_reads_total") >= 3
+    assert moved("dfs_client_short_circuit_fallbacks_total") == 0
+    gets_after = sum(value(scrape(s), "dfs_http_requests_total", operation="/chunks/{id}", method="GET")
+                     for s in servers)
+    assert gets_after == gets_before
+    opens = sum(value(scrape(s), "dfs_chunkserver_short_circuit_opens_total", result="ok") for s in servers)
+    assert opens >= 3
+    assert (mount.mountpoint / "local.bin").read_bytes() == data
