@@ -923,6 +923,11 @@ class ChunkWriter:
     def received(self) -> int:
         return self._received
 
+    @property
+    def inline(self) -> bool:
+        """The write is finished on the event loop (a small new chunk: INLINE_WRITE), without a hop."""
+        return self._inline
+
     async def feed(self, data: Buffer) -> None:
         """Take the next piece of the body (any size); EINVAL past the declared length."""
         view = memoryview(data).cast("B") if isinstance(data, memoryview) else memoryview(data)
