@@ -7,6 +7,7 @@ Layout of each data dir::
     DIR/chunks/XX/<id>.meta.tmp   a meta file being replaced (write, fsync, rename); dropped at start
     DIR/chunks/XX/<id>.chunk.<r>.copy.tmp  a replica being copied in from another server; dropped at start
     DIR/quarantine/               files found corrupt or not ours, kept for inspection
+    DIR/spare/                    empty files made ahead for new chunks (chunkserver/spares.py); dropped at start
 
 Meta file ``<id>.meta``, little-endian::
 
@@ -23,7 +24,8 @@ Meta file ``<id>.meta``, little-endian::
 The data file holds `length` bytes (it may be longer after a crash; bytes past `length` are never
 read). Bytes past `length` up to the chunk size read as zeros. A meta file is always replaced whole
 (temp, rename), so it is either the old or the new one; the first meta of a new chunk has nothing to
-replace and is written in place (cut short, it is shorter than its header says: refused as corrupt).
+replace: written into a spare file and renamed, or (no spare left) written in place (cut short, it
+is shorter than its header says: refused as corrupt).
 
 Writes to a chunk we have: the meta records the new version and the pending flag before the first
 byte is written; once the body is written (and synced when asked) the digests of the blocks touched
@@ -31,9 +33,10 @@ are recomputed (whole blocks from memory, partial ones re-read from disk) and th
 without the flag. A write that breaks off leaves a meta that matches the data but stays pending; a
 chunk still pending at start (a crash mid-write) has all its digests recomputed by its next
 completed write. A new chunk gets its data file first and its meta once the body is in (pending
-if the write broke off): a crash before leaves a data file without meta, never served, quarantined
-at start. A small new chunk (INLINE_WRITE, the files of a mount) is written in one go from the
-event loop, a larger write takes one disk call per slice plus one to finish.
+if the write broke off), both spare files renamed into place while the pool has some: a crash in
+between leaves a data file without meta, never served, quarantined at start. A small new chunk
+(INLINE_WRITE, the files of a mount) is written in one go from the event loop; a larger write takes
+one disk call per slice plus one to finish.
 
 Reads verify every block against its digest before returning any byte of it; a mismatch moves the
 chunk's files to quarantine/ and raises EBADMSG. Small reads (random 4 KiB reads of a mount) keep
@@ -61,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from chunkserver import diskio
+from chunkserver import diskio, spares
 from dfs.checksum import BLOCK_SIZE, block_digest, chunk_digest
 from dfs.errors import DfsError
 from dfs.protocol import STREAM_SLICE
@@ -156,13 +159,19 @@ def read_meta(path: Path, *, header_only: bool = False) -> Meta:
     return Meta(version, length, bool(flags & FLAG_PENDING), digests)
 
 
-def write_meta(path: Path, meta: Meta, *, sync: bool, replace: bool = True) -> None:
+def write_meta(path: Path, meta: Meta, *, sync: bool, replace: bool = True, spare: Path | None = None) -> None:
     """Replace `path` atomically: write a temp file, fsync it (when `sync`), rename, fsync the dir.
+    The temp file is `spare` (an empty file of chunkserver/spares.py) when given and still there.
 
-    Without `replace` (the first meta of a new chunk: no old one to keep) the file is written in
-    place: a write cut short leaves a file shorter than its header says, which `read_meta` refuses."""
-    tmp = path.with_name(path.name + ".tmp") if replace else path
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    Without `replace` or a spare (the first meta of a new chunk: no old one to keep) the file is
+    written in place: cut short, it is shorter than its header says, which `read_meta` refuses."""
+    fd = -1
+    if spare is not None:
+        with contextlib.suppress(FileNotFoundError):
+            fd, tmp = os.open(spare, os.O_WRONLY), spare
+    if fd < 0:
+        tmp = path.with_name(path.name + ".tmp") if replace else path
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         data = memoryview(meta.encode())
         while data:
@@ -171,7 +180,7 @@ def write_meta(path: Path, meta: Meta, *, sync: bool, replace: bool = True) -> N
             os.fsync(fd)
     finally:
         os.close(fd)
-    if replace:
+    if tmp != path:
         os.replace(tmp, path)
     if sync:
         _fsync_dir(path.parent)
@@ -243,6 +252,7 @@ class ChunkStore:
         self._locks: dict[int, list[Any]] = {}
         self._bad: list[dict[str, Any]] = []
         self._open: OrderedDict[int, OpenChunk] = OrderedDict()  # chunk id -> open for small reads, LRU
+        self._spares = {root: spares.Spares(root) for root in self.dirs}  # empty files for new chunks
 
     # ---- start, space, reports
 
@@ -256,6 +266,7 @@ class ChunkStore:
         for root in self.dirs:
             (root / "chunks").mkdir(parents=True, exist_ok=True)
             (root / "quarantine").mkdir(parents=True, exist_ok=True)
+            self._spares[root].scan()
             for sub in sorted((root / "chunks").iterdir()):
                 if not (sub.is_dir() and _SUBDIR.fullmatch(sub.name)):
                     self._quarantine_file(root, sub, "not a chunk dir")
@@ -350,6 +361,10 @@ class ChunkStore:
         """The full chunk report: [{chunk_id, version, length, pending}]."""
         return [e.report() for e in self.index.values()]
 
+    def spare_files(self) -> int:
+        """Empty files ready to become new chunks' files (chunkserver/spares.py), over all data dirs."""
+        return sum(len(pool) for pool in self._spares.values())
+
     def take_bad(self) -> list[dict[str, Any]]:
         """Chunks found bad since the last call: [{chunk_id, version, problem}]."""
         bad, self._bad = self._bad, []
@@ -421,14 +436,16 @@ class ChunkStore:
             self._reserved += growth
             try:
                 was_pending = entry is not None and entry.pending
+                fresh: tuple[Path | None, Path | None] = (None, None)
                 if entry is None:  # a new chunk: its files are made by the writer's first disk call
                     fd, digests = -1, array("Q")
                     entry = self.index[chunk_id] = Entry(chunk_id, root, version, 0, True)
+                    fresh = (self._spares[root].take(), self._spares[root].take())
                 else:
                     fd, digests = await diskio.run(_begin_write, root, chunk_id, version, old_length, offset, sync)
                 entry.version, entry.pending, entry.writing = version, True, True
                 entry.generation += 1
-                writer = ChunkWriter(entry, fd, digests, offset, length, old_length, was_pending, sync)
+                writer = ChunkWriter(entry, fd, digests, offset, length, old_length, was_pending, sync, fresh)
                 try:
                     yield writer
                 finally:
@@ -887,8 +904,9 @@ class ChunkWriter:
     partial blocks re-read here, stay buffered; the kernel keeps the two coherent."""
 
     def __init__(self, entry: Entry, fd: int, digests: array, offset: int, length: int, old_length: int,
-                 was_pending: bool, sync: bool) -> None:
+                 was_pending: bool, sync: bool, spares: tuple[Path | None, Path | None] = (None, None)) -> None:
         self.entry = entry
+        self._spares = spares  # a new chunk's: empty files to become its data file and meta
         self._fd = fd
         self._digests = digests
         self._offset = offset
@@ -958,10 +976,13 @@ class ChunkWriter:
         self._target = len(self._bufs[self._current])
 
     def _open_new(self) -> int:
-        """The data file of a new chunk, made by its first disk call. Any file already
-        there has no meta (the remains of a write that broke off): it is garbage, hence O_TRUNC."""
+        """The data file of a new chunk, put in place by its first disk call: a spare file renamed, or
+        made. Any file already there has no meta (the remains of a write that broke off): garbage."""
         if self._fd < 0:
             data_path = chunk_paths(self.entry.root, self.entry.chunk_id)[0]
+            if spares.place(self._spares[0], data_path):
+                self._fd = os.open(data_path, os.O_RDWR)
+                return self._fd
             flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
             try:
                 self._fd = os.open(data_path, flags, 0o644)
@@ -1093,7 +1114,8 @@ class ChunkWriter:
             if complete and self._sync:
                 os.fdatasync(fd)
             meta = Meta(entry.version, length, not complete, digests)
-            write_meta(chunk_paths(entry.root, entry.chunk_id)[1], meta, sync=self._sync, replace=self.saved)
+            write_meta(chunk_paths(entry.root, entry.chunk_id)[1], meta, sync=self._sync, replace=self.saved,
+                       spare=None if self.saved else self._spares[1])
             self.saved = True
         finally:
             self._closed = True

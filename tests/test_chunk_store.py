@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkserver import diskio
+from chunkserver import diskio, spares
 from chunkserver.store import BLOCK_SIZE, FLAG_PENDING, HEADER, ChunkStore, chunk_paths, read_meta
 from dfs.checksum import chunk_digest, digests_of
 from dfs.errors import DfsError
@@ -448,3 +448,30 @@ async def test_new_chunk_that_cannot_be_saved_is_forgotten(tmp_path: Path) -> No
     blocker.unlink()
     await write(store, 21, 1, 0, b"y" * 4096)
     assert await read_all(store, 21, 1, 0, 4096) == b"y" * 4096
+
+
+@pytest.mark.timeout(30)
+async def test_new_chunks_take_spare_files(tmp_path: Path) -> None:
+    """New chunks rename empty files made ahead (a create costs far more than a rename); the pool is
+    refilled when low, used up falls back to creating, and is dropped at start."""
+    store = await opened(tmp_path)
+    spare_dir = tmp_path / "d0" / "spare"
+    assert os.listdir(spare_dir) == []
+    await write(store, 40, 1, 0, b"a" * 4096)  # the pool is empty: files are created, a refill starts
+    for _ in range(500):
+        if store.spare_files() == spares.FULL:
+            break
+        await asyncio.sleep(0.01)
+    assert store.spare_files() == len(os.listdir(spare_dir)) == spares.FULL
+    inodes = {os.stat(spare_dir / name).st_ino for name in os.listdir(spare_dir)}
+    data = random.randbytes(5000)
+    await write(store, 41, 1, 0, data)
+    data_path, meta_path = chunk_paths(tmp_path / "d0", 41)
+    assert {data_path.stat().st_ino, meta_path.stat().st_ino} <= inodes
+    assert store.spare_files() == len(os.listdir(spare_dir)) == spares.FULL - 2
+    expect_digests_match(store, 41, data)
+    (spare_dir / "left").write_bytes(b"a meta whose rename a crash prevented")
+    again = await opened(tmp_path)
+    assert os.listdir(spare_dir) == []
+    assert await read_all(again, 40, 1, 0, 4096) == b"a" * 4096
+    assert await read_all(again, 41, 1, 0, 5000) == data
