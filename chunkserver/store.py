@@ -25,18 +25,17 @@ The data file holds `length` bytes (it may be longer after a crash; bytes past `
 read). Bytes past `length` up to the chunk size read as zeros. A meta file is always replaced whole
 (temp, rename), so it is either the old or the new one; the first meta of a new chunk has nothing to
 replace: written into a spare file and renamed, or (no spare left) written in place (cut short, it
-is shorter than its header says: refused as corrupt).
+is shorter than its header says: refused as corrupt). Temp files are spare files when the pool
+(DIR/spare/, chunkserver/spares.py) has some: a rename costs a fraction of a create.
 
-Writes to a chunk we have: the meta records the new version and the pending flag before the first
-byte is written; once the body is written (and synced when asked) the digests of the blocks touched
-are recomputed (whole blocks from memory, partial ones re-read from disk) and the meta is replaced
-without the flag. A write that breaks off leaves a meta that matches the data but stays pending; a
-chunk still pending at start (a crash mid-write) has all its digests recomputed by its next
-completed write. A new chunk gets its data file first and its meta once the body is in (pending
-if the write broke off), both spare files renamed into place while the pool has some: a crash in
-between leaves a data file without meta, never served, quarantined at start. A small new chunk
-(INLINE_WRITE, the files of a mount) is written in one go from the event loop; a larger write takes
-one disk call per slice plus one to finish.
+Writes: the meta records the new version and the pending flag before the first byte is written;
+once the body is written (and synced when asked) the digests of the blocks touched are recomputed
+(whole blocks from memory, partial ones re-read from disk) and the meta is replaced without the
+flag. A write that breaks off leaves a meta that matches the data but stays pending; a chunk still
+pending at start (a crash mid-write) has all its digests recomputed by its next completed write.
+A new chunk's files (pending meta, then data file) are made by the first disk call of its write,
+the last buffer is written by the call that finishes it, and a small new chunk (INLINE_WRITE: the
+files of a mount) is written from the event loop in one go: no hop to a disk thread.
 
 Reads verify every block against its digest before returning any byte of it; a mismatch moves the
 chunk's files to quarantine/ and raises EBADMSG. Small reads (random 4 KiB reads of a mount) keep
@@ -87,9 +86,9 @@ SMALL_READ = 256 * 1024
 OPEN_CHUNKS = 64
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 
-#: A new chunk of at most this many bytes, written without sync, is written from the event loop: a
-#: create, a write into the page cache and the meta's create take ~0.2 ms, where the hops to a disk
-#: thread cost more than the work (a 4 KiB PUT: ~0.75 ms of CPU inline, ~2 ms through the thread).
+#: A new chunk of at most this many bytes, written without sync, is written from the event loop: a few
+#: renames of spare files and writes into the page cache, where the hops to a disk thread cost more
+#: than the work (a 4 KiB PUT: ~0.75 ms of CPU inline, ~2 ms through the threads, 2 busy cores).
 INLINE_WRITE = 64 * 1024
 
 #: Slices at least this long start their writeback at once (streaming writes; small ones need not).
@@ -436,11 +435,11 @@ class ChunkStore:
             self._reserved += growth
             try:
                 was_pending = entry is not None and entry.pending
-                fresh: tuple[Path | None, Path | None] = (None, None)
+                fresh: tuple[Path | None, ...] = ()
                 if entry is None:  # a new chunk: its files are made by the writer's first disk call
                     fd, digests = -1, array("Q")
                     entry = self.index[chunk_id] = Entry(chunk_id, root, version, 0, True)
-                    fresh = (self._spares[root].take(), self._spares[root].take())
+                    fresh = tuple(self._spares[root].take() for _ in range(3))
                 else:
                     fd, digests = await diskio.run(_begin_write, root, chunk_id, version, old_length, offset, sync)
                 entry.version, entry.pending, entry.writing = version, True, True
@@ -468,8 +467,7 @@ class ChunkStore:
                 self._reserved -= growth
 
     def _forget_new(self, entry: Entry) -> None:
-        """Drop a new chunk whose write failed before its meta was saved (its data file, if any, has
-        no meta: the scan at start would quarantine it, so it goes now)."""
+        """Drop a new chunk whose write failed before its meta was on disk (nothing else of it can be)."""
         if self.index.get(entry.chunk_id) is entry:
             del self.index[entry.chunk_id]
         with contextlib.suppress(OSError):
@@ -904,9 +902,10 @@ class ChunkWriter:
     partial blocks re-read here, stay buffered; the kernel keeps the two coherent."""
 
     def __init__(self, entry: Entry, fd: int, digests: array, offset: int, length: int, old_length: int,
-                 was_pending: bool, sync: bool, spares: tuple[Path | None, Path | None] = (None, None)) -> None:
+                 was_pending: bool, sync: bool, spares: tuple[Path | None, ...] = ()) -> None:
         self.entry = entry
-        self._spares = spares  # a new chunk's: empty files to become its data file and meta
+        #: A new chunk's empty files made ahead: its data file, its pending meta, its final meta's temp.
+        self._spares = spares or (None, None, None)
         self._fd = fd
         self._digests = digests
         self._offset = offset
@@ -930,7 +929,7 @@ class ChunkWriter:
         self._computed: set[int] = set()
         self._closed = False
         self.committed = False
-        #: A meta of the chunk is on disk (for a new chunk, fd < 0: only once the write is finished).
+        #: A meta of the chunk is on disk (for a new chunk, fd < 0: once its first disk call made it).
         self.saved = fd >= 0
         self._inline = fd < 0 and length <= INLINE_WRITE and not sync
         end_blocks = nblocks(offset + length)
@@ -976,19 +975,23 @@ class ChunkWriter:
         self._target = len(self._bufs[self._current])
 
     def _open_new(self) -> int:
-        """The data file of a new chunk, put in place by its first disk call: a spare file renamed, or
-        made. Any file already there has no meta (the remains of a write that broke off): garbage."""
+        """A new chunk's files, made by its first disk call, in the order of a write to a chunk we have:
+        the meta with version and pending flag (written in place: there is no old one to keep), then
+        the data file. Spare files renamed into place when there are, else created. A data file
+        already there has no meta (the remains of a write that broke off): garbage, replaced."""
         if self._fd < 0:
-            data_path = chunk_paths(self.entry.root, self.entry.chunk_id)[0]
+            data_path, meta_path = chunk_paths(self.entry.root, self.entry.chunk_id)
+            meta = Meta(self.entry.version, 0, True, array("Q"))
+            try:
+                write_meta(meta_path, meta, sync=self._sync, replace=False, spare=self._spares[1])
+            except FileNotFoundError:
+                data_path.parent.mkdir(parents=True, exist_ok=True)
+                write_meta(meta_path, meta, sync=self._sync, replace=False, spare=self._spares[1])
+            self.saved = True
             if spares.place(self._spares[0], data_path):
                 self._fd = os.open(data_path, os.O_RDWR)
                 return self._fd
-            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
-            try:
-                self._fd = os.open(data_path, flags, 0o644)
-            except FileNotFoundError:
-                data_path.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(data_path, flags, 0o644)
+            self._fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         return self._fd
 
     def _write_sync(self, buf: bytearray | mmap.mmap, pos: int, size: int) -> None:
@@ -1114,9 +1117,7 @@ class ChunkWriter:
             if complete and self._sync:
                 os.fdatasync(fd)
             meta = Meta(entry.version, length, not complete, digests)
-            write_meta(chunk_paths(entry.root, entry.chunk_id)[1], meta, sync=self._sync, replace=self.saved,
-                       spare=None if self.saved else self._spares[1])
-            self.saved = True
+            write_meta(chunk_paths(entry.root, entry.chunk_id)[1], meta, sync=self._sync, spare=self._spares[2])
         finally:
             self._closed = True
             self._close_direct()
