@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import uuid
@@ -38,6 +39,8 @@ class Spares:
         self.dir = root / "spare"
         self._free: list[Path] = []
         self._filling: asyncio.Task[None] | None = None
+        self._names = itertools.count()
+        self._prefix = uuid.uuid4().hex[:12]  # names unlike any left from another run or store
 
     def scan(self) -> None:
         """Drop the files left from the last run (disk thread, at start)."""
@@ -67,7 +70,7 @@ class Spares:
         made: list[Path] = []
         try:
             for _ in range(count):
-                path = self.dir / uuid.uuid4().hex
+                path = self.dir / f"{self._prefix}.{next(self._names)}"
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
                 made.append(path)
         except OSError as exc:
