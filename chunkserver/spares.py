@@ -62,6 +62,8 @@ class Spares:
     async def _fill(self) -> None:
         try:
             self._free.extend(await diskio.run(self._make, FULL - len(self._free)))
+        except RuntimeError as exc:  # the disk threads are gone: the server is stopping
+            log.debug("spare files in %s not made: %s", self.dir, exc)
         finally:
             self._filling = None
 
