@@ -61,6 +61,8 @@ class Downstream:
         self._length = length
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_PIECES)
         self._dead = False
+        self._ended = False
+        self._handed = asyncio.Event()  # the whole body is in the downstream's socket, or it was given up on
         self.failed: list[str] = []
         self._task = asyncio.create_task(self._run(), name=f"forward chunk {chunk_id}")
 
@@ -81,9 +83,23 @@ class Downstream:
                 self._task.cancel()
                 self._give_up()
 
+    async def end(self) -> None:
+        """No more pieces: the body ends with what was sent."""
+        if not self._ended:
+            self._ended = True
+            await self.send(None)
+
+    async def handed_over(self) -> None:
+        """Wait (STALL_TIMEOUT at most) until the whole body is in the downstream's socket, or the
+        downstream was given up on: a write done on the event loop after that overlaps the next one's."""
+        await self.end()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STALL_TIMEOUT):
+                await self._handed.wait()
+
     async def result(self) -> list[str]:
         """End the body and wait for the downstream's answer: the URLs that did not take the write."""
-        await self.send(None)
+        await self.end()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         if self._task.cancelled() and not self._dead:
@@ -101,6 +117,7 @@ class Downstream:
         if not self._dead:
             self._dead = True
             self.failed.extend(u for u in (chain if chain is not None else self._chain) if u not in self.failed)
+        self._handed.set()
         while not self._queue.empty():
             self._queue.get_nowait()
 
@@ -109,6 +126,7 @@ class Downstream:
         while True:
             piece = await self._queue.get()
             if piece is None:
+                self._handed.set()
                 return
             yield piece
 
@@ -151,6 +169,8 @@ class Downstream:
             log.warning("chunk %d v%s: downstream %s failed midway: %s", self._chunk_id, version, chain[0],
                         exc or type(exc).__name__)
             self._give_up(chain)
+        finally:
+            self._handed.set()
 
 
 async def chain_write(store: ChunkStore, session: aiohttp.ClientSession, chunk_id: int, version: int,
@@ -178,6 +198,8 @@ async def chain_write(store: ChunkStore, session: aiohttp.ClientSession, chunk_i
                     if downstream is not None:
                         await downstream.send(piece)
                     await writer.feed(piece)
+            if downstream is not None and writer.inline:
+                await downstream.handed_over()  # the next server writes while this one does
             await writer.commit()
         except TimeoutError:
             if downstream is not None:

@@ -7,6 +7,7 @@ Layout of each data dir::
     DIR/chunks/XX/<id>.meta.tmp   a meta file being replaced (write, fsync, rename); dropped at start
     DIR/chunks/XX/<id>.chunk.<r>.copy.tmp  a replica being copied in from another server; dropped at start
     DIR/quarantine/               files found corrupt or not ours, kept for inspection
+    DIR/spare/                    empty files made ahead for new chunks (chunkserver/spares.py); dropped at start
 
 Meta file ``<id>.meta``, little-endian::
 
@@ -22,13 +23,19 @@ Meta file ``<id>.meta``, little-endian::
 
 The data file holds `length` bytes (it may be longer after a crash; bytes past `length` are never
 read). Bytes past `length` up to the chunk size read as zeros. A meta file is always replaced whole
-(temp, rename), so it is either the old or the new one.
+(temp, rename), so it is either the old or the new one; the first meta of a new chunk has nothing to
+replace: written into a spare file and renamed, or (no spare left) written in place (cut short, it
+is shorter than its header says: refused as corrupt). Temp files are spare files when the pool
+(DIR/spare/, chunkserver/spares.py) has some: a rename costs a fraction of a create.
 
 Writes: the meta records the new version and the pending flag before the first byte is written;
 once the body is written (and synced when asked) the digests of the blocks touched are recomputed
 (whole blocks from memory, partial ones re-read from disk) and the meta is replaced without the
 flag. A write that breaks off leaves a meta that matches the data but stays pending; a chunk still
 pending at start (a crash mid-write) has all its digests recomputed by its next completed write.
+A new chunk's files (pending meta, then data file) are made by the first disk call of its write,
+the last buffer is written by the call that finishes it, and a small new chunk (INLINE_WRITE: the
+files of a mount) is written from the event loop in one go: no hop to a disk thread.
 
 Reads verify every block against its digest before returning any byte of it; a mismatch moves the
 chunk's files to quarantine/ and raises EBADMSG. Small reads (random 4 KiB reads of a mount) keep
@@ -56,7 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from chunkserver import diskio
+from chunkserver import diskio, spares
 from dfs.checksum import BLOCK_SIZE, block_digest, chunk_digest
 from dfs.errors import DfsError
 from dfs.protocol import STREAM_SLICE
@@ -78,6 +85,11 @@ SMALL_READ = 256 * 1024
 #: Chunks kept open (data file and digests) for small reads.
 OPEN_CHUNKS = 64
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
+
+#: A new chunk of at most this many bytes, written without sync, is written from the event loop: a few
+#: renames of spare files and writes into the page cache, where the hops to a disk thread cost more
+#: than the work (a 4 KiB PUT: ~0.75 ms of CPU inline, ~2 ms through the threads, 2 busy cores).
+INLINE_WRITE = 64 * 1024
 
 #: Slices at least this long start their writeback at once (streaming writes; small ones need not).
 WRITE_BEHIND = SLICE // 2
@@ -146,10 +158,19 @@ def read_meta(path: Path, *, header_only: bool = False) -> Meta:
     return Meta(version, length, bool(flags & FLAG_PENDING), digests)
 
 
-def write_meta(path: Path, meta: Meta, *, sync: bool) -> None:
-    """Replace `path` atomically: write a temp file, fsync it (when `sync`), rename, fsync the dir."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def write_meta(path: Path, meta: Meta, *, sync: bool, replace: bool = True, spare: Path | None = None) -> None:
+    """Replace `path` atomically: write a temp file, fsync it (when `sync`), rename, fsync the dir.
+    The temp file is `spare` (an empty file of chunkserver/spares.py) when given and still there.
+
+    Without `replace` or a spare (the first meta of a new chunk: no old one to keep) the file is
+    written in place: cut short, it is shorter than its header says, which `read_meta` refuses."""
+    fd = -1
+    if spare is not None:
+        with contextlib.suppress(FileNotFoundError):
+            fd, tmp = os.open(spare, os.O_WRONLY), spare
+    if fd < 0:
+        tmp = path.with_name(path.name + ".tmp") if replace else path
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         data = memoryview(meta.encode())
         while data:
@@ -158,7 +179,8 @@ def write_meta(path: Path, meta: Meta, *, sync: bool) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    if tmp != path:
+        os.replace(tmp, path)
     if sync:
         _fsync_dir(path.parent)
 
@@ -229,6 +251,7 @@ class ChunkStore:
         self._locks: dict[int, list[Any]] = {}
         self._bad: list[dict[str, Any]] = []
         self._open: OrderedDict[int, OpenChunk] = OrderedDict()  # chunk id -> open for small reads, LRU
+        self._spares = {root: spares.Spares(root) for root in self.dirs}  # empty files for new chunks
 
     # ---- start, space, reports
 
@@ -242,6 +265,7 @@ class ChunkStore:
         for root in self.dirs:
             (root / "chunks").mkdir(parents=True, exist_ok=True)
             (root / "quarantine").mkdir(parents=True, exist_ok=True)
+            self._spares[root].scan()
             for sub in sorted((root / "chunks").iterdir()):
                 if not (sub.is_dir() and _SUBDIR.fullmatch(sub.name)):
                     self._quarantine_file(root, sub, "not a chunk dir")
@@ -336,6 +360,10 @@ class ChunkStore:
         """The full chunk report: [{chunk_id, version, length, pending}]."""
         return [e.report() for e in self.index.values()]
 
+    def spare_files(self) -> int:
+        """Empty files ready to become new chunks' files (chunkserver/spares.py), over all data dirs."""
+        return sum(len(pool) for pool in self._spares.values())
+
     def take_bad(self) -> list[dict[str, Any]]:
         """Chunks found bad since the last call: [{chunk_id, version, problem}]."""
         bad, self._bad = self._bad, []
@@ -407,13 +435,16 @@ class ChunkStore:
             self._reserved += growth
             try:
                 was_pending = entry is not None and entry.pending
-                fd, digests = await diskio.run(_begin_write, root, chunk_id, version, old_length, offset,
-                                               entry is not None, sync)
-                if entry is None:
+                fresh: tuple[Path | None, ...] = ()
+                if entry is None:  # a new chunk: its files are made by the writer's first disk call
+                    fd, digests = -1, array("Q")
                     entry = self.index[chunk_id] = Entry(chunk_id, root, version, 0, True)
+                    fresh = tuple(self._spares[root].take() for _ in range(3))
+                else:
+                    fd, digests = await diskio.run(_begin_write, root, chunk_id, version, old_length, offset, sync)
                 entry.version, entry.pending, entry.writing = version, True, True
                 entry.generation += 1
-                writer = ChunkWriter(entry, fd, digests, offset, length, old_length, was_pending, sync)
+                writer = ChunkWriter(entry, fd, digests, offset, length, old_length, was_pending, sync, fresh)
                 try:
                     yield writer
                 finally:
@@ -423,14 +454,24 @@ class ChunkStore:
                         if not writer.committed:
                             log.warning("chunk %d v%d: write broke off after %d of %d bytes; left pending",
                                         chunk_id, version, writer.received, length)
-                        final_length = writer.final_length()
-                        self.used += final_length - entry.length
-                        entry.length = final_length
-                        entry.pending = not writer.committed
+                        if writer.saved:
+                            final_length = writer.final_length()
+                            self.used += final_length - entry.length
+                            entry.length = final_length
+                            entry.pending = not writer.committed
+                        else:  # a new chunk whose meta never reached the disk: it is not here
+                            self._forget_new(entry)
                         entry.writing = False
                         entry.generation += 1
             finally:
                 self._reserved -= growth
+
+    def _forget_new(self, entry: Entry) -> None:
+        """Drop a new chunk whose write failed before its meta was on disk (nothing else of it can be)."""
+        if self.index.get(entry.chunk_id) is entry:
+            del self.index[entry.chunk_id]
+        with contextlib.suppress(OSError):
+            chunk_paths(entry.root, entry.chunk_id)[0].unlink(missing_ok=True)
 
     async def write(self, chunk_id: int, version: int, offset: int, length: int,
                     slices: AsyncIterable[Buffer], *, sync: bool = False) -> int:
@@ -695,15 +736,11 @@ def _slice_end(pos: int, end: int) -> int:
 # ---- disk work (runs on disk threads)
 
 
-def _begin_write(root: Path, chunk_id: int, version: int, old_length: int, offset: int, exists: bool,
+def _begin_write(root: Path, chunk_id: int, version: int, old_length: int, offset: int,
                  sync: bool) -> tuple[int, array]:
-    """Record version + pending in the meta, open the data file; returns (fd, digests)."""
+    """Record version + pending in the meta of a chunk we have, open its data file; returns (fd, digests)."""
     data_path, meta_path = chunk_paths(root, chunk_id)
-    if exists:
-        meta = read_meta(meta_path)
-    else:
-        data_path.parent.mkdir(parents=True, exist_ok=True)
-        meta = Meta(version, 0, True, array("Q"))
+    meta = read_meta(meta_path)
     meta.version, meta.pending = version, True
     write_meta(meta_path, meta, sync=sync)
     fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -865,8 +902,10 @@ class ChunkWriter:
     partial blocks re-read here, stay buffered; the kernel keeps the two coherent."""
 
     def __init__(self, entry: Entry, fd: int, digests: array, offset: int, length: int, old_length: int,
-                 was_pending: bool, sync: bool) -> None:
+                 was_pending: bool, sync: bool, spares: tuple[Path | None, ...] = ()) -> None:
         self.entry = entry
+        #: A new chunk's empty files made ahead: its data file, its pending meta, its final meta's temp.
+        self._spares = spares or (None, None, None)
         self._fd = fd
         self._digests = digests
         self._offset = offset
@@ -890,6 +929,9 @@ class ChunkWriter:
         self._computed: set[int] = set()
         self._closed = False
         self.committed = False
+        #: A meta of the chunk is on disk (for a new chunk, fd < 0: once its first disk call made it).
+        self.saved = fd >= 0
+        self._inline = fd < 0 and length <= INLINE_WRITE and not sync
         end_blocks = nblocks(offset + length)
         if len(digests) < end_blocks:
             digests.extend([0] * (end_blocks - len(digests)))
@@ -897,6 +939,11 @@ class ChunkWriter:
     @property
     def received(self) -> int:
         return self._received
+
+    @property
+    def inline(self) -> bool:
+        """The write is finished on the event loop (a small new chunk: INLINE_WRITE), without a hop."""
+        return self._inline
 
     async def feed(self, data: Buffer) -> None:
         """Take the next piece of the body (any size); EINVAL past the declared length."""
@@ -927,12 +974,33 @@ class ChunkWriter:
         self._fill = 0
         self._target = len(self._bufs[self._current])
 
+    def _open_new(self) -> int:
+        """A new chunk's files, made by its first disk call, in the order of a write to a chunk we have:
+        the meta with version and pending flag (written in place: there is no old one to keep), then
+        the data file. Spare files renamed into place when there are, else created. A data file
+        already there has no meta (the remains of a write that broke off): garbage, replaced."""
+        if self._fd < 0:
+            data_path, meta_path = chunk_paths(self.entry.root, self.entry.chunk_id)
+            meta = Meta(self.entry.version, 0, True, array("Q"))
+            try:
+                write_meta(meta_path, meta, sync=self._sync, replace=False, spare=self._spares[1])
+            except FileNotFoundError:
+                data_path.parent.mkdir(parents=True, exist_ok=True)
+                write_meta(meta_path, meta, sync=self._sync, replace=False, spare=self._spares[1])
+            self.saved = True
+            if spares.place(self._spares[0], data_path):
+                self._fd = os.open(data_path, os.O_RDWR)
+                return self._fd
+            self._fd = os.open(data_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        return self._fd
+
     def _write_sync(self, buf: bytearray | mmap.mmap, pos: int, size: int) -> None:
         view = memoryview(buf)[:size]
+        fd = self._open_new()
         if not self._write_direct(view, pos):
-            _pwrite_all(self._fd, view, pos)
+            _pwrite_all(fd, view, pos)
             if size >= WRITE_BEHIND:
-                diskio.start_writeback(self._fd, pos, size)
+                diskio.start_writeback(fd, pos, size)
         block = nblocks(pos)
         while (block + 1) * BLOCK_SIZE <= pos + size:
             start = block * BLOCK_SIZE - pos
@@ -986,8 +1054,9 @@ class ChunkWriter:
             finally:
                 if not self._closed:
                     self._closed = True
-                    with contextlib.suppress(OSError):
-                        os.close(self._fd)
+                    if self._fd >= 0:
+                        with contextlib.suppress(OSError):
+                            os.close(self._fd)
                     self._close_direct()
         self._release_buffers()
 
@@ -997,22 +1066,32 @@ class ChunkWriter:
         return max(self._old_length, end) if self._received else self._old_length
 
     async def _finish(self, *, complete: bool) -> None:
+        """Write what is buffered and finish, in one disk call (a small write costs one hop, a small
+        new chunk none: INLINE_WRITE)."""
         try:
-            await self._flush()
             if self._inflight is not None:
                 inflight, self._inflight = self._inflight, None
                 await inflight
-            await diskio.run(self._finish_sync, complete)
+            last = (self._bufs[self._current], self._pos, self._fill) if self._fill else None
+            self._pos += self._fill
+            self._fill = 0
+            if self._inline:
+                self._finish_sync(complete, last)
+            else:
+                await diskio.run(self._finish_sync, complete, last)
         except BaseException:
             if self._inflight is not None:  # let the disk thread finish before the fd goes away
                 with contextlib.suppress(BaseException):
                     await asyncio.shield(self._inflight)
             raise
 
-    def _finish_sync(self, complete: bool) -> None:
-        entry, fd = self.entry, self._fd
+    def _finish_sync(self, complete: bool, last: tuple[bytearray | mmap.mmap, int, int] | None) -> None:
+        entry = self.entry
         length = self.final_length()
         try:
+            if last is not None:
+                self._write_sync(*last)
+            fd = self._open_new()
             size = os.fstat(fd).st_size
             if size != length:
                 os.ftruncate(fd, length)
@@ -1038,8 +1117,9 @@ class ChunkWriter:
             if complete and self._sync:
                 os.fdatasync(fd)
             meta = Meta(entry.version, length, not complete, digests)
-            write_meta(chunk_paths(entry.root, entry.chunk_id)[1], meta, sync=self._sync)
+            write_meta(chunk_paths(entry.root, entry.chunk_id)[1], meta, sync=self._sync, spare=self._spares[2])
         finally:
             self._closed = True
             self._close_direct()
-            os.close(fd)
+            if self._fd >= 0:
+                os.close(self._fd)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from chunkserver import diskio
-from chunkserver.store import BLOCK_SIZE, FLAG_PENDING, HEADER, ChunkStore, chunk_paths, read_meta
+from chunkserver import diskio, spares
+from chunkserver.store import BLOCK_SIZE, FLAG_PENDING, HEADER, INLINE_WRITE, ChunkStore, chunk_paths, read_meta
 from dfs.checksum import chunk_digest, digests_of
 from dfs.errors import DfsError
 
@@ -378,3 +378,106 @@ async def test_small_reads_of_an_open_chunk_see_writes_and_corruption(tmp_path: 
     with pytest.raises(DfsError) as exc:
         await read_all(store, 12, 2, 0, 10)
     assert exc.value.errno == errno.ENOENT
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("size, sync", [(4096, False), (3 * MiB + 5, False), (4096, True)])
+async def test_new_chunk_survives_restart(tmp_path: Path, size: int, sync: bool) -> None:
+    """A new chunk's files are made by its first disk call (a small one: after its body is in), the meta
+    pending before any byte of data is on disk; after a restart the chunk is reported and reads back."""
+    store = await opened(tmp_path)
+    data_path, meta_path = chunk_paths(tmp_path / "d0", 21)
+    data = random.randbytes(size)
+    seen = []
+
+    async def watched() -> AsyncIterator[bytes]:
+        async for piece in pieces(data):
+            if meta_path.exists():
+                seen.append(read_meta(meta_path, header_only=True).pending and data_path.stat().st_size < size)
+            yield piece
+
+    assert await store.write(21, 1, 0, size, watched(), sync=sync) == size
+    assert all(seen) and (len(seen) > 0) == (size > INLINE_WRITE)
+    assert sorted(os.listdir(data_path.parent)) == ["21.chunk", "21.meta"]
+    expect_digests_match(store, 21, data)
+    again = await opened(tmp_path)
+    assert again.report() == [{"chunk_id": 21, "version": 1, "length": size, "pending": False}]
+    assert await read_all(again, 21, 1, 0, size) == data
+    await write(again, 21, 2, 10, b"over")  # a later write replaces that meta as any other
+    assert await read_all(again, 21, 2, 0, 20) == data[:10] + b"over" + data[14:20]
+
+
+@pytest.mark.timeout(30)
+async def test_new_chunk_cut_short_is_never_served(tmp_path: Path) -> None:
+    """What a crash while writing new chunks can leave: a pending meta without data file (killed
+    between the two), a meta cut short (its first, written in place when no spare file was left), a
+    pending meta with part of the data. None is served; a cut meta is quarantined at start, a pending
+    chunk is completed by the next write."""
+    store = await opened(tmp_path)
+    for chunk_id in (31, 32):
+        await write(store, chunk_id, 1, 0, random.randbytes(3 * BLOCK_SIZE))
+    data_31, meta_31 = chunk_paths(tmp_path / "d0", 31)
+    data_31.unlink()
+    meta_31.write_bytes(HEADER.pack(b"DFSC", 1, FLAG_PENDING, BLOCK_SIZE, 1, 0))
+    meta_32 = chunk_paths(tmp_path / "d0", 32)[1]
+    meta_32.write_bytes(meta_32.read_bytes()[:-5])
+
+    async def broken() -> AsyncIterator[bytes]:
+        yield b"a" * 1000
+        raise ConnectionError("client went away")
+
+    with pytest.raises(ConnectionError):
+        await store.write(33, 1, 0, 4096, broken())
+    assert store.index[33].pending
+    again = await opened(tmp_path)
+    assert sorted(again.report(), key=lambda r: r["chunk_id"]) == [
+        {"chunk_id": 31, "version": 1, "length": 0, "pending": True},
+        {"chunk_id": 33, "version": 1, "length": 1000, "pending": True}]
+    assert {b["chunk_id"] for b in again.take_bad()} == {32}
+    for chunk_id, code in ((31, errno.ESTALE), (32, errno.ENOENT), (33, errno.ESTALE)):
+        with pytest.raises(DfsError) as exc:
+            await read_all(again, chunk_id, 1, 0, 10)
+        assert exc.value.errno == code
+    await write(again, 33, 2, 0, b"b" * 4096)
+    assert await read_all(again, 33, 2, 0, 4096) == b"b" * 4096
+
+
+@pytest.mark.timeout(30)
+async def test_new_chunk_that_cannot_be_saved_is_forgotten(tmp_path: Path) -> None:
+    """A new chunk whose files cannot be made leaves nothing behind: not indexed, no space used."""
+    store = await opened(tmp_path)
+    blocker = tmp_path / "d0" / "chunks" / "15"  # chunk 21 = 0x15 lives in chunks/15/
+    blocker.write_bytes(b"a file where the dir should be")
+    with pytest.raises(OSError):
+        await write(store, 21, 1, 0, b"x" * 4096)
+    assert 21 not in store.index and store.used == 0 and store.report() == []
+    blocker.unlink()
+    await write(store, 21, 1, 0, b"y" * 4096)
+    assert await read_all(store, 21, 1, 0, 4096) == b"y" * 4096
+
+
+@pytest.mark.timeout(30)
+async def test_new_chunks_take_spare_files(tmp_path: Path) -> None:
+    """New chunks rename empty files made ahead (a create costs far more than a rename): three each; the pool is
+    refilled when low, used up falls back to creating, and is dropped at start."""
+    store = await opened(tmp_path)
+    spare_dir = tmp_path / "d0" / "spare"
+    assert os.listdir(spare_dir) == []
+    await write(store, 40, 1, 0, b"a" * 4096)  # the pool is empty: files are created, a refill starts
+    for _ in range(500):
+        if store.spare_files() == spares.FULL:
+            break
+        await asyncio.sleep(0.01)
+    assert store.spare_files() == len(os.listdir(spare_dir)) == spares.FULL
+    inodes = {os.stat(spare_dir / name).st_ino for name in os.listdir(spare_dir)}
+    data = random.randbytes(5000)
+    await write(store, 41, 1, 0, data)
+    data_path, meta_path = chunk_paths(tmp_path / "d0", 41)
+    assert {data_path.stat().st_ino, meta_path.stat().st_ino} <= inodes
+    assert store.spare_files() == len(os.listdir(spare_dir)) == spares.FULL - 3  # data, pending and final meta
+    expect_digests_match(store, 41, data)
+    (spare_dir / "left").write_bytes(b"a meta whose rename a crash prevented")
+    again = await opened(tmp_path)
+    assert os.listdir(spare_dir) == []
+    assert await read_all(again, 40, 1, 0, 4096) == b"a" * 4096
+    assert await read_all(again, 41, 1, 0, 5000) == data

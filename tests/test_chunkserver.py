@@ -268,6 +268,27 @@ async def test_dead_downstream_is_skipped_and_reported(servers: Servers) -> None
     assert status == 200 and body["failed"] == [c.url]
 
 
+async def test_small_new_chunks_through_the_chain(servers: Servers) -> None:
+    """Small new chunks (finished on the event loop once the next server has the body: INLINE_WRITE)
+    reach every server of the chain; a dead or refusing downstream is reported and holds nothing up."""
+    a, b, c = servers.start(), servers.start(), servers.start()
+    for chunk_id in range(20, 26):
+        data = random.randbytes(4096 + chunk_id)
+        status, body = await put(a.url, chunk_id, data, chain=[b.url, c.url])
+        assert status == 200 and body["failed"] == [] and body["length"] == len(data), body
+        assert {info(s.url, chunk_id)["digest"] for s in (a, b, c)} == {chunk_digest(digests_of(data))}
+        for s in (a, b, c):
+            assert (await get(s.url, chunk_id, 1, f"bytes=0-{len(data) - 1}"))[2] == data
+    dead = f"http://127.0.0.1:{free_port()}"
+    status, body = await put(a.url, 30, b"z" * 4096, chain=[dead, c.url])
+    assert status == 200 and body["failed"] == [dead]
+    assert info(c.url, 30)["digest"] == info(a.url, 30)["digest"]
+    assert (await put(c.url, 31, b"new", version=5))[0] == 200
+    status, body = await put(a.url, 31, b"old" * 1000, version=4, chain=[c.url])
+    assert status == 200 and body["failed"] == [c.url]
+    assert info(a.url, 31)["version"] == 4 and info(c.url, 31)["version"] == 5
+
+
 async def test_downstream_dying_midway(servers: Servers) -> None:
     a, b, c = servers.start(), servers.start(), servers.start()
     first_half = asyncio.Event()
