@@ -26,6 +26,7 @@ from dfs.auth import auth_headers, find_key, identity_headers
 from dfs.client.channel import ChannelMaster, Channels
 from dfs.client.chunkio import READ_TIMEOUT, ChunkIO
 from dfs.client.files import FileHandle
+from dfs.client.localread import TIMEOUT as LOCAL_TIMEOUT
 from dfs.client.localread import LocalReads
 from dfs.client.rpc import MasterClient
 from dfs.errors import DfsError
@@ -63,7 +64,8 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self.channels: Channels | None = None  # open_channels(): per-thread WebSockets for inline()
         #: short-circuit reads of replicas on this host (dfs/client/localread.py); None: HTTP only
-        self.local_reads: LocalReads | None = LocalReads() if short_circuit else None
+        self.local_reads: LocalReads | None = LocalReads(min(LOCAL_TIMEOUT, read_timeout or LOCAL_TIMEOUT)) \
+            if short_circuit else None
 
     # ---- lifecycle -----------------------------------------------------------------------
 

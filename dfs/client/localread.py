@@ -97,7 +97,8 @@ class LocalReads:
 
     max_read = MAX_READ
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: float = TIMEOUT) -> None:
+        self.timeout = timeout  # seconds a chunkserver may take to answer (a stopped one: then HTTP, elsewhere)
         self.host = host_identity()
         self._servers: dict[str, tuple[_Server | None, float]] = {}  # url -> (local server or None, ask again at)
         self._open: OrderedDict[tuple[str, int], _Opened] = OrderedDict()  # (url, chunk id) -> files, LRU
@@ -109,10 +110,20 @@ class LocalReads:
 
     def read(self, loc: ChunkLocation, start: int, end: int) -> bytes | None:
         """Bytes [start, end) of the chunk from a replica on this host, every block verified; None when
-        no replica is local or the read failed (then read them over HTTP). Blocks: call from a thread."""
+        no replica is local or the read failed (then read them over HTTP). A local chunkserver that
+        does not answer (stopped, hung) is passed over for the next local replica. Blocks: call from
+        a thread."""
+        for _replica in loc.servers:
+            data, reason = self._read_from_local(loc, start, end)
+            if reason != "unreachable":
+                return data
+        return None
+
+    def _read_from_local(self, loc: ChunkLocation, start: int, end: int) -> tuple[bytes | None, str]:
+        """(the bytes or None, why not: "" when none is local)."""
         found = self._local(loc)
         if found is None:
-            return None
+            return None, ""
         url, server = found
         try:
             data = self._read(url, server, loc, start, end)
@@ -134,9 +145,9 @@ class LocalReads:
             reason = "error"
         else:
             SHORT_CIRCUIT_READS.inc()
-            return data
+            return data, ""
         SHORT_CIRCUIT_FALLBACKS.labels(reason).inc()
-        return None
+        return None, reason
 
     def may_be_local(self, loc: ChunkLocation) -> bool:
         """Whether `read` could find a local replica of `loc` (False: every one is known to be elsewhere),
@@ -182,7 +193,7 @@ class LocalReads:
     def _discover(self, url: str) -> tuple[_Server | None, float]:
         """(the local server at `url` or None, seconds before asking again)."""
         try:
-            reply = self._http.request(url, "GET", "/local", {}, timeout=TIMEOUT)
+            reply = self._http.request(url, "GET", "/local", {}, timeout=self.timeout)
             if reply.status >= 500:
                 return None, RECHECK
             body = json.loads(reply.body) if reply.status == 200 else {}
@@ -294,7 +305,7 @@ class LocalReads:
         if kept is not None:
             return kept, True
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(TIMEOUT)
+        sock.settimeout(self.timeout)
         try:
             sock.connect(path)
         except FileNotFoundError:
