@@ -35,6 +35,22 @@ log = logging.getLogger("dfs.fuse")
 READY = b"ok"
 READ_AHEAD_KB = 4096  # the kernel's read-ahead for this mount; it reads 128 KiB at a time otherwise
 
+_thread_state = threading.local()  # per Python thread state: empty again whenever that is new
+
+
+def keep_thread_state() -> None:
+    """Let the calling libfuse thread keep its Python thread state from one callback to the next.
+
+    libfuse's threads are not Python's: ctypes gives each callback a thread state of its own
+    (`PyGILState_Ensure`) and deletes it on return, which costs every FUSE request an allocation,
+    an mmap and munmap of its frame stack (a TLB shootdown on every CPU) and a gettid, ~15% of the
+    mount's CPU in a create. One more `PyGILState_Ensure` here, never released, keeps the count
+    above zero, so the state lives as long as the thread (libfuse keeps at most `max_threads`).
+    """
+    if not getattr(_thread_state, "kept", False):
+        ctypes.pythonapi.PyGILState_Ensure()
+        _thread_state.kept = True
+
 
 def fuse_class(observe: Callable[[str, Any, float], None] | None = None) -> type:
     """mfusepy's FUSE, passing rename(2) flags (RENAME_NOREPLACE, RENAME_EXCHANGE) on to us;
@@ -48,12 +64,14 @@ def fuse_class(observe: Callable[[str, Any, float], None] | None = None) -> type
         """Passes what mfusepy drops: rename flags, and the file handle of f-calls (fchmod,
         ftruncate, futimens...), which is all there is for a file that was unlinked while open."""
 
-        if observe is not None:
-            def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-                started = time.perf_counter()
-                result = super()._wrapper(func, *args, **kwargs)
-                observe(func.__name__, result, time.perf_counter() - started)
-                return result
+        def _wrapper(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+            keep_thread_state()
+            if observe is None:
+                return super()._wrapper(func, *args, **kwargs)
+            started = time.perf_counter()
+            result = super()._wrapper(func, *args, **kwargs)
+            observe(func.__name__, result, time.perf_counter() - started)
+            return result
 
         def _path(self, path: bytes | None) -> str | None:
             return None if path is None else path.decode(self.encoding, self.errors)

@@ -666,6 +666,8 @@ class DfsOperations(mfusepy.Operations):
             self._invalidate_kernel(path)
         self.names.put(path, attr)
         self._register(attr, fi)
+        if fi.flags & os.O_ACCMODE == os.O_RDONLY and not fi.flags & os.O_TRUNC:
+            fi.noflush = 1  # its close has nothing to send: the kernel skips the flush (FOPEN_NOFLUSH)
         if locations:
             self._handles[fi.fh].handle.seed_locations(locations)
         if fi.flags & os.O_TRUNC and attr.size:  # libfuse 3 passes O_TRUNC on (atomic_o_trunc)
