@@ -2,8 +2,11 @@
 
 A job implements `run_once()`, one round of its work; `run_forever()` repeats it every `interval`
 seconds (sooner when `wake()` is called), logs a failed round instead of ending, and is cancelled
-with the task that runs it. `failsafe()` guards one item of a round, so that one bad chunk never
-stops a scan. `Throttle` bounds a rate (bytes per second) across the awaits of a job.
+with the task that runs it. A job whose rounds grow with the data (a scan of every chunk) sets
+`max_share`: after a round of D seconds the next waits at least D * (1/max_share - 1), wakes
+included, so the job never takes more than that share of the process however large the cluster.
+`failsafe()` guards one item of a round, so that one bad chunk never stops a scan. `Throttle` bounds
+a rate (bytes per second) across the awaits of a job.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class Job:
     """Subclass and implement `run_once`; run `run_forever()` as a task (e.g. `dfs.web.background`)."""
 
     name = "job"
+    #: The largest share of the process's time the rounds may take (None: no bound).
+    max_share: float | None = None
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -35,9 +40,14 @@ class Job:
         """Start the next round now instead of at the end of the interval."""
         self._wake.set()
 
+    def rest_after(self, seconds: float) -> float:
+        """The pause a round of `seconds` imposes before the next, whatever wakes the job."""
+        return seconds * (1 / self.max_share - 1) if self.max_share else 0.0
+
     async def run_forever(self) -> None:
         while True:
             self._wake.clear()
+            started = time.monotonic()
             try:
                 await self.run_once()
             except asyncio.CancelledError:
@@ -46,8 +56,11 @@ class Job:
                 self.failures += 1
                 log.exception("%s: round failed", self.name)
             self.rounds += 1
+            rest = self.rest_after(time.monotonic() - started)
+            if rest:
+                await asyncio.sleep(rest)  # a wake meanwhile starts the round right after
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.interval):
+                async with asyncio.timeout(max(0.0, self.interval - rest)):
                     await self._wake.wait()
 
 

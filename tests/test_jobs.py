@@ -37,6 +37,36 @@ async def test_job_rounds_wake_and_survive_a_failure() -> None:
         task.cancel()
 
 
+class SlowScan(Job):
+    """Rounds of 50 ms that may take a fifth of the time: each is followed by 200 ms of rest."""
+
+    name = "slow scan"
+    max_share = 0.2
+
+    def __init__(self) -> None:
+        super().__init__(interval=0.0)
+        self.starts: list[float] = []
+
+    async def run_once(self) -> None:
+        self.starts.append(time.monotonic())
+        await asyncio.sleep(0.05)
+
+
+async def test_a_job_with_max_share_rests_in_proportion_to_its_rounds_even_when_woken() -> None:
+    assert SlowScan().rest_after(0.05) == 0.05 * 4 and Counter().rest_after(10.0) == 0.0
+    job = SlowScan()
+    task = asyncio.create_task(job.run_forever())
+    try:
+        for _ in range(40):  # wakes all along: they must not cut the rests short
+            job.wake()
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+    gaps = [b - a for a, b in zip(job.starts, job.starts[1:], strict=False)]
+    assert 2 <= len(job.starts) <= 4, job.starts  # 0.8 s at one round per 0.25 s
+    assert all(gap >= 0.24 for gap in gaps), gaps
+
+
 def test_failsafe_swallows_one_item() -> None:
     done = []
     for item in range(3):
