@@ -12,9 +12,11 @@ import pytest
 from dfs.client.channel import run_inline
 from dfs.client.client import Client
 from dfs.client.files import FileHandle
-from dfs.client.inlineio import Connections, inline_client
+from dfs.client.inlineio import FAN_OUT, Connections, inline_client
 from dfs.client.sync import LoopThread
+from dfs.tokens import TOKEN_HEADER
 from tests.harness import Cluster
+from tests.scrape import scrape, value
 
 MiB = 1024 * 1024
 
@@ -85,3 +87,36 @@ def test_reads_fail_over_and_kept_connections_recover(inline: Inline, fresh_clus
     assert run_inline(reader.read(1000, 5000)) == data[1000:6000]
     server.kill()  # gone: the read moves on to another replica
     assert run_inline(reader.read(200_000, 4096)) == data[200_000:204_096]
+
+
+@pytest.mark.timeout(120)
+def test_small_pieces_go_to_every_replica_at_once(inline: Inline, fresh_cluster: Cluster) -> None:
+    """A piece of at most FAN_OUT bytes goes from the client to each replica (no chain hop): every
+    replica holds it and no chunkserver forwarded a byte. A replica that is down is named failed and
+    the write goes on without it."""
+    def forwarded() -> float:
+        return sum(value(scrape(s.url + "/metrics"), "dfs_chunkserver_forwarded_bytes_total")
+                   for s in fresh_cluster.chunkservers if s.running)
+
+    data = os.urandom(FAN_OUT)
+    handle = inline.create("small")
+    run_inline(handle.write(0, data))
+    run_inline(handle.close())
+    loc = run_inline(inline.open("small")._location(0))
+    assert len(loc.servers) == 3  # goal 3
+    for replica in loc.servers:
+        reply = inline.connections.request(replica.url, "GET", f"/chunks/{loc.chunk_id}?version={loc.version}",
+                                           {TOKEN_HEADER: loc.token, "Range": f"bytes=0-{len(data) - 1}"})
+        assert reply.status == 206 and reply.body == data, replica.url
+    assert forwarded() == 0
+
+    down = fresh_cluster.chunkservers[0]
+    down.kill()
+    again = inline.create("small-again")
+    run_inline(again.write(0, data[:5000]))
+    run_inline(again.close())
+    reader = inline.open("small-again")
+    assert reader.size == 5000 and run_inline(reader.read(0, 5000)) == data[:5000]
+    servers = {r.url.rstrip("/") for r in run_inline(reader._location(0)).servers}
+    assert down.url.rstrip("/") not in servers and len(servers) == 2
+    assert forwarded() == 0
