@@ -138,7 +138,7 @@ class Fsck:
         if whole:  # against the whole placement, loaded after the listings so that new chunks are in it
             full = await load_layout(m.db, m.config.chunk_size)
             known = {(c.chunk_id, sid) for c in full.chunks.values() for sid in [*c.servers, *(s for s, _ in c.stale)]}
-            self._orphans(listings, known, full.garbage, note)
+            await self._orphans(listings, known, full.garbage, note)
         if repair:
             await self._repair(problems, layout, files, bad)
         unresolved = [p for p in problems if p.repaired is not True]
@@ -193,14 +193,31 @@ class Fsck:
 
         return list(await asyncio.gather(*(one(c, sid) for c, sid in items)))
 
-    def _orphans(self, listings: dict[int, dict[int, dict[str, Any]]], known: set[tuple[int, int]],
-                 queued: set[tuple[int, int]], note: Any) -> None:
-        for sid, held in listings.items():
-            for cid, item in held.items():
-                if (cid, sid) in known or (cid, sid) in queued or cid in self.mover.inflight:
-                    continue
+    async def _orphans(self, listings: dict[int, dict[int, dict[str, Any]]], known: set[tuple[int, int]],
+                       queued: set[tuple[int, int]], note: Any) -> None:
+        candidates = [(sid, cid, item) for sid, held in listings.items() for cid, item in held.items()
+                      if (cid, sid) not in known and (cid, sid) not in queued and cid not in self.mover.inflight]
+        held_still = await asyncio.gather(*(self._still_held(sid, cid) for sid, cid, _ in candidates))
+        for (sid, cid, item), held in zip(candidates, held_still, strict=True):
+            if held:
                 note("orphan", f"server {sid} holds chunk {cid} v{item['version']} that no file lists there",
                      chunk_id=cid, server_id=sid, version=int(item["version"]))
+
+    async def _still_held(self, server_id: int, chunk_id: int) -> bool:
+        """Whether the server still has the chunk. Its listing was taken before the garbage queue was
+        read: a deletion handed to it in a heartbeat reply meanwhile left the queue, and the chunk is
+        gone or going (not an orphan). Unknown (no answer): as listed."""
+        url = self.m.registry.url(server_id)
+        try:
+            async with self.session.get(f"{url}/chunks/{chunk_id}/info", timeout=READ_TIMEOUT,
+                                        headers=self.m.config.token_header("read", chunk_id)) as resp:
+                return resp.status != 404 and chunk_id not in self._deleting(server_id)
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return chunk_id not in self._deleting(server_id)
+
+    def _deleting(self, server_id: int) -> frozenset[int]:
+        server = self.m.registry.servers.get(server_id)
+        return server.deleting if server is not None else frozenset()
 
     # -- repairs -------------------------------------------------------------------------------------
 

@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 
 from dfs.client.channel import run_inline
+from dfs.client.chunkio import FAN_OUT
 from dfs.client.client import Client
 from dfs.client.files import FileHandle
-from dfs.client.inlineio import FAN_OUT, Connections, inline_client
+from dfs.client.inlineio import Connections, inline_client
 from dfs.client.sync import LoopThread
 from dfs.tokens import TOKEN_HEADER
 from tests.harness import Cluster
@@ -100,14 +101,18 @@ def test_small_pieces_go_to_every_replica_at_once(inline: Inline, fresh_cluster:
 
     data = os.urandom(FAN_OUT)
     handle = inline.create("small")
-    run_inline(handle.write(0, data))
+    run_inline(handle.write(0, data))  # from this thread (the mount's FUSE threads)
     run_inline(handle.close())
-    loc = run_inline(inline.open("small")._location(0))
-    assert len(loc.servers) == 3  # goal 3
-    for replica in loc.servers:
-        reply = inline.connections.request(replica.url, "GET", f"/chunks/{loc.chunk_id}?version={loc.version}",
-                                           {TOKEN_HEADER: loc.token, "Range": f"bytes=0-{len(data) - 1}"})
-        assert reply.status == 206 and reply.body == data, replica.url
+    on_loop = inline.create("small-on-the-loop")
+    inline.loop.run(on_loop.write(0, data))  # through the asyncio client (the gateway's)
+    inline.loop.run(on_loop.close())
+    for name in ("small", "small-on-the-loop"):
+        loc = run_inline(inline.open(name)._location(0))
+        assert len(loc.servers) == 3  # goal 3
+        for replica in loc.servers:
+            reply = inline.connections.request(replica.url, "GET", f"/chunks/{loc.chunk_id}?version={loc.version}",
+                                               {TOKEN_HEADER: loc.token, "Range": f"bytes=0-{len(data) - 1}"})
+            assert reply.status == 206 and reply.body == data, (name, replica.url)
     assert forwarded() == 0
 
     down = fresh_cluster.chunkservers[0]

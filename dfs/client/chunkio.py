@@ -1,4 +1,13 @@
-"""Bytes to and from chunkservers: ranged reads with failover, writes through the replica chain."""
+"""Bytes to and from chunkservers: ranged reads with failover, writes through the replica chain.
+
+A small piece (up to FAN_OUT bytes) is written to every replica of the lease at once instead of down
+the chain, so the replicas write at the same time. A chain hop costs its server a client request in
+Python (~0.5 ms for a 4 KiB body on this project's test machine) and makes the replicas write one
+after the other; the chain's point, sending each byte over the client's link once, only counts for
+large pieces, which keep it. The first replica answers for the write as a chain's head does (its
+error is the write's); the others' failures are named, as a chain names the servers downstream that
+failed (`fanned_out`).
+"""
 
 from __future__ import annotations
 
@@ -25,6 +34,9 @@ log = logging.getLogger("dfs.client")
 ReportBad = Callable[[ChunkLocation, Replica, str], Awaitable[None]]
 
 _ZEROS = bytes(STREAM_SLICE)
+
+#: Pieces up to this size go to every replica at once (a fan-out), larger ones down the chain.
+FAN_OUT = 64 * 1024
 
 #: Seconds a replica may keep a read waiting (for its first byte, or between two pieces) before the
 #: read fails over to the next replica. The last replica gets the session's own (longer) timeout.
@@ -156,27 +168,53 @@ class ChunkIO:
             resp.release()
 
     async def write(self, lease: Lease, offset: int, data: bytes | memoryview, sync: bool) -> list[str]:
-        """Write `data` at `offset` of the leased chunk through the whole chain.
+        """Write `data` at `offset` of the leased chunk on every replica: down the chain, or for a
+        piece of at most FAN_OUT bytes to each replica at once.
 
         Returns the URLs of replicas that did not take it (empty when all did). Raises DfsError when
-        the head of the chain fails; ENOSPC and ESTALE keep their errno so callers can act on them.
+        the first replica fails; ENOSPC and ESTALE keep their errno so callers can act on them.
         """
         head, rest = lease.servers[0], lease.servers[1:]
+        if rest and len(data) <= FAN_OUT:
+            outcomes = await asyncio.gather(*(self._put(replica, [], lease, offset, data, sync)
+                                              for replica in lease.servers), return_exceptions=True)
+            return fanned_out(lease, [o if isinstance(o, BaseException) else None for o in outcomes], len(data))
+        body = await self._put(head, rest, lease, offset, data, sync)
+        WRITTEN_BYTES.inc(len(data))
+        return [str(u) for u in body.get("failed", [])]
+
+    async def _put(self, replica: Replica, chain: list[Replica], lease: Lease, offset: int,
+                   data: bytes | memoryview, sync: bool) -> dict:
+        """PUT the piece to `replica`, which forwards it down `chain`: its JSON answer."""
         params = {"version": str(lease.version), "offset": str(offset)}
         if sync:
             params["sync"] = "1"
-        headers = {CHAIN_HEADER: ",".join(r.url for r in rest), "Content-Type": "application/octet-stream",
-                   "Content-Length": str(len(data)), TOKEN_HEADER: lease.token}
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
+                   TOKEN_HEADER: lease.token}
+        if chain:
+            headers[CHAIN_HEADER] = ",".join(r.url for r in chain)
         view = memoryview(data).cast("B")
         body = view if len(view) <= STREAM_SLICE else _slices(view)
         try:
-            async with self.session.put(f"{head.url}/chunks/{lease.chunk_id}", params=params,
+            async with self.session.put(f"{replica.url}/chunks/{lease.chunk_id}", params=params,
                                         data=body, headers=headers) as resp:
                 if resp.status >= 400:
                     raise await error_from_response(resp)
-                body = await resp.json(content_type=None)
+                return dict(await resp.json(content_type=None))
         except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
-            raise DfsError(errno.EIO, f"chunk {lease.chunk_id}: {head.url} unreachable: "
+            raise DfsError(errno.EIO, f"chunk {lease.chunk_id}: {replica.url} unreachable: "
                                       f"{exc or type(exc).__name__}") from None
-        WRITTEN_BYTES.inc(len(data))
-        return [str(u) for u in body.get("failed", [])]
+
+
+def fanned_out(lease: Lease, errors: list[BaseException | None], length: int) -> list[str]:
+    """A fanned-out write's result from each replica's error (None: it took the piece): the first
+    replica's error is the write's, as a chain head's is; the others' name them failed."""
+    failed: list[str] = []
+    for position, (replica, error) in enumerate(zip(lease.servers, errors, strict=True)):
+        if error is None:
+            continue
+        if position == 0:
+            raise error
+        failed.append(replica.url)
+    WRITTEN_BYTES.inc(length)
+    return failed

@@ -10,13 +10,8 @@ calling thread; replica failover and error mapping stay in `ChunkIO`, written on
 The HTTP spoken is the little our chunkservers answer: a status line, headers, and a body of
 `Content-Length` bytes (or chunked). Anything else closes the connection.
 
-A small piece (up to FAN_OUT bytes) is written to every replica of the lease at once instead of down
-the chain: the requests all go out, then the replies are read, so the servers write at the same
-time. A chain hop costs its server an aiohttp client request, ~0.5 ms of Python for a 4 KiB body,
-and makes the replicas write one after the other; the chain's point, sending each byte over the
-client's link once, only counts for large pieces, which keep it. The first replica answers for
-the write as a chain's head does (its error is the write's); the others' failures are named, as a
-chain names the servers downstream that failed.
+A small piece goes to every replica at once (dfs/client/chunkio.py says why): here every request
+goes out, then every reply is read (`Connections.request_many`).
 """
 
 from __future__ import annotations
@@ -30,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 from dfs import tls
-from dfs.client.chunkio import ChunkIO, ReportBad
+from dfs.client.chunkio import FAN_OUT, ChunkIO, ReportBad, fanned_out
 from dfs.client.idle import IdlePool
 from dfs.client.metrics import WRITTEN_BYTES
 from dfs.errors import DfsError
@@ -50,8 +45,6 @@ MAX_HEADER_LINE = 8192
 MAX_HEADERS = 100
 #: Bodies up to this size go out in the same send as the headers.
 JOIN_BODY = 64 * 1024
-#: Pieces up to this size go to every replica at once (a fan-out), larger ones down the chain.
-FAN_OUT = 64 * 1024
 
 
 class Reply(NamedTuple):
@@ -323,24 +316,17 @@ class InlineChunkIO(ChunkIO):
         return [str(u) for u in body.get("failed", [])]
 
     def _fan_out(self, lease: Lease, target: str, data: bytes | memoryview) -> list[str]:
-        """Write a small piece to every replica at once (the module's docstring says why)."""
+        """Write a small piece to every replica at once."""
         headers = {"Content-Type": "application/octet-stream", TOKEN_HEADER: lease.token}
         replies = self.connections.request_many([r.url for r in lease.servers], "PUT", target, headers, data)
-        failed: list[str] = []
-        for position, (replica, reply) in enumerate(zip(lease.servers, replies, strict=True)):
+        errors: list[BaseException | None] = []
+        for replica, reply in zip(lease.servers, replies, strict=True):
             if isinstance(reply, OSError):
-                err = DfsError(errno.EIO, f"chunk {lease.chunk_id}: {replica.url} unreachable: "
-                                          f"{reply or type(reply).__name__}")
-            elif reply.status >= 400:
-                err = error_of(reply)
+                errors.append(DfsError(errno.EIO, f"chunk {lease.chunk_id}: {replica.url} unreachable: "
+                                                  f"{reply or type(reply).__name__}"))
             else:
-                continue
-            if position == 0:
-                raise err
-            failed.append(replica.url)
-        WRITTEN_BYTES.inc(len(data))
-        return failed
-
+                errors.append(error_of(reply) if reply.status >= 400 else None)
+        return fanned_out(lease, errors, len(data))
 
 
 def inline_client(client: Client, connections: Connections) -> Client:
