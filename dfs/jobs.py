@@ -3,8 +3,9 @@
 A job implements `run_once()`, one round of its work; `run_forever()` repeats it every `interval`
 seconds (sooner when `wake()` is called), logs a failed round instead of ending, and is cancelled
 with the task that runs it. A job whose rounds grow with the data (a scan of every chunk) sets
-`max_share`: after a round of D seconds the next waits at least D * (1/max_share - 1), wakes
-included, so the job never takes more than that share of the process however large the cluster.
+`max_share`: after a round that cost D seconds the next waits at least D * (1/max_share - 1), wakes
+included, so the job never takes more than that share of the process however large the cluster (a
+round that also waits, on a throttle say, sets `cost` to what its work took).
 `failsafe()` guards one item of a round, so that one bad chunk never stops a scan. `Throttle` bounds
 a rate (bytes per second) across the awaits of a job.
 """
@@ -29,6 +30,8 @@ class Job:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        #: Seconds of work of the round under way, if it knows better than its duration.
+        self.cost: float | None = None
         self.rounds = 0
         self.failures = 0
         self._wake = asyncio.Event()
@@ -47,6 +50,7 @@ class Job:
     async def run_forever(self) -> None:
         while True:
             self._wake.clear()
+            self.cost = None
             started = time.monotonic()
             try:
                 await self.run_once()
@@ -56,7 +60,7 @@ class Job:
                 self.failures += 1
                 log.exception("%s: round failed", self.name)
             self.rounds += 1
-            rest = self.rest_after(time.monotonic() - started)
+            rest = self.rest_after(time.monotonic() - started if self.cost is None else self.cost)
             if rest:
                 await asyncio.sleep(rest)  # a wake meanwhile starts the round right after
             with contextlib.suppress(TimeoutError):

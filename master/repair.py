@@ -150,6 +150,7 @@ class Repair(Job):
         self._say_unreachable(counts["goal_unreachable"], unreachable_goal, len(hosts))
         self.counts.update(counts, scanned=len(found), last_scan=round(time.time(), 3))
         under.sort(key=lambda item: (item[0], item[1].chunk_id))  # fewest live copies first
+        self.cost = time.monotonic() - started  # the scan: launching copies waits on the bandwidth throttle
         await self._launch(under, live, hosts)
         for chunk in over:
             await self._trim(chunk, live)

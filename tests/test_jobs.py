@@ -67,6 +67,28 @@ async def test_a_job_with_max_share_rests_in_proportion_to_its_rounds_even_when_
     assert all(gap >= 0.24 for gap in gaps), gaps
 
 
+class ThrottledScan(SlowScan):
+    """Rounds of 100 ms of which 10 ms are work (the rest waits, on a throttle say)."""
+
+    async def run_once(self) -> None:
+        self.starts.append(time.monotonic())
+        self.cost = 0.01
+        await asyncio.sleep(0.1)
+
+
+async def test_a_job_rests_in_proportion_to_the_cost_it_reports_not_its_waits() -> None:
+    job = ThrottledScan()
+    task = asyncio.create_task(job.run_forever())
+    try:
+        for _ in range(30):
+            job.wake()
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+    gaps = [b - a for a, b in zip(job.starts, job.starts[1:], strict=False)]
+    assert len(job.starts) >= 3 and all(gap < 0.3 for gap in gaps), gaps  # 0.14 s, not 0.5 s
+
+
 def test_failsafe_swallows_one_item() -> None:
     done = []
     for item in range(3):
