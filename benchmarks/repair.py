@@ -48,7 +48,10 @@ def get(url: str, headers: dict[str, str] | None = None) -> Any:
 
 
 def status(cluster: Cluster) -> dict[str, Any]:
-    return get(cluster.master_url + "/api/status")
+    code, body = http_json("GET", cluster.master_url + "/api/status")  # with the session's admin key
+    if code != 200:
+        raise RuntimeError(f"GET /api/status: {code} {body}")
+    return dict(body)
 
 
 def state(cluster: Cluster, service: Service) -> str:
