@@ -15,6 +15,10 @@ DEFAULT_CHUNK_SIZE = 64 * 1024 * 1024
 DEFAULT_GOAL = 3
 MAX_GOAL = 16
 MAX_FILE_SIZE = 1 << 50  # 1 PiB
+#: Files written whole up to this size keep their bytes in the master's database (master/resident.py).
+DEFAULT_RESIDENT_MAX = 64 * 1024
+#: The most `--resident-max` may be: a commit carries the bytes in base64 inside a JSON body.
+MAX_RESIDENT = 1024 * 1024
 ROOT_INODE = 1
 
 #: Header of a chunk write naming the rest of the replication chain (comma-separated URLs).

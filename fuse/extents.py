@@ -62,6 +62,10 @@ class DirtyExtents:
         i = bisect.bisect_right(self._starts, offset + size - 1)
         return i > 0 and self._starts[i - 1] + len(self._data[i - 1]) > offset
 
+    def items(self) -> list[tuple[int, bytearray]]:
+        """Every extent, in order, left in place."""
+        return list(zip(self._starts, self._data, strict=True))
+
     def take(self) -> list[tuple[int, bytearray]]:
         """Every extent, in order, leaving the set empty (the buffers are handed over, not copied)."""
         out = list(zip(self._starts, self._data, strict=True))

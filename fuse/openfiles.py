@@ -58,11 +58,11 @@ INLINE_BYTES = 1024 * 1024
 SEQUENTIAL_STREAK = 2  # reads following each other before read-ahead starts (a random read may follow one)
 
 
-async def open_attr(client: Client, inode: int, access: int, reading: bool) -> tuple[Attr, list[dict]]:
-    """An open's fresh attributes (close-to-open) and, when it reads, where its first chunk is, in one
-    round trip: `chunks` replies for `FileHandle.seed_locations`."""
+async def open_attr(client: Client, inode: int, access: int, reading: bool) -> tuple[Attr, dict[str, Any]]:
+    """An open's fresh attributes (close-to-open) and, when it reads, where its first chunk is (or its
+    resident bytes), in one round trip: the reply, for `FileHandle.seed_locations`."""
     reply = await client.master.call("getattr", inode=inode, access=access, chunks=1 if reading else 0)
-    return Attr.from_json(reply["attr"]), list(reply.get("chunks", []))
+    return Attr.from_json(reply["attr"]), reply
 
 
 class MemoryBudget:
@@ -248,9 +248,26 @@ class OpenFile:
         """Send and commit (close(2), `closing`); with `durable`, fsync on every replica first (fsync(2)).
         A close with no other handle open here gives the leases back in the commit."""
         with self.lock:
+            if self._commit_resident(release=closing and self.refs <= 1):
+                return
             self.send_all()
             self._run(self.handle.flush(durable, release=closing and self.refs <= 1, deferred=self._deferred))
             self._committed()
+
+    def _commit_resident(self, release: bool) -> bool:
+        """A small file written here and not sent yet: its bytes go to the master in the commit
+        (resident data, master/resident.py) instead of to chunkservers. False: nothing done."""
+        if self._sends or not self._dirty or not self.handle.may_be_resident(self._dirty.end):
+            return False
+        self._raise_error()
+        # the extents stay until the master took them: a refusal sends them to chunkservers
+        if not self._run(self.handle.commit_resident(self._dirty.items(), self.size, release, self._deferred)):
+            return False
+        self._dirty.take()
+        self.budget.give(self._buf_charged)
+        self._buf_charged = 0
+        self._committed()
+        return True
 
     def defer(self, mtime_ns: int | None = None, atime_ns: int | None = None, mode: int | None = None) -> bool:
         """Times or permission bits set while writes are unflushed (`tar x` and `rsync` widen the
@@ -339,7 +356,8 @@ class OpenFile:
         (nothing buffered, sent, uncommitted or leased) closes without a call or a loop hop."""
         with self.lock:
             try:
-                self.send_all()
+                if not self._commit_resident(release=True):
+                    self.send_all()
                 if not self.handle.close_clean():
                     self._run(self.handle.close(deferred=self._deferred))
                 self._committed()

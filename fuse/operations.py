@@ -650,7 +650,7 @@ class DfsOperations(mfusepy.Operations):
         # (or a release the kernel has not sent yet) keeps our open state of the file alive
         writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)  # reads: the kernel checked (and exec)
         reading = fi.flags & os.O_ACCMODE != os.O_WRONLY
-        attr, locations = self.meta(open_attr(self._me(), inode, os.W_OK if writing else 0, reading))
+        attr, reply = self.meta(open_attr(self._me(), inode, os.W_OK if writing else 0, reading))
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
         if existing is not None:
@@ -668,8 +668,8 @@ class DfsOperations(mfusepy.Operations):
         self._register(attr, fi)
         if fi.flags & os.O_ACCMODE == os.O_RDONLY and not fi.flags & os.O_TRUNC:
             fi.noflush = 1  # its close has nothing to send: the kernel skips the flush (FOPEN_NOFLUSH)
-        if locations:
-            self._handles[fi.fh].handle.seed_locations(locations)
+        if reply.get("chunks") or "resident_b64" in reply:
+            self._handles[fi.fh].handle.seed_locations(reply.get("chunks", []), reply.get("resident_b64"))
         if fi.flags & os.O_TRUNC and attr.size:  # libfuse 3 passes O_TRUNC on (atomic_o_trunc)
             open_file = self._handles[fi.fh]
             open_file.truncate(0)

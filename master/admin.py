@@ -18,6 +18,7 @@ from sqlalchemy import Connection, func, select, update
 
 from dfs.errors import DfsError
 from dfs.protocol import MAX_GOAL
+from master import resident
 from master.goals import GoalKeeper
 from master.layout import Layout, live_copies, load_layout
 from master.schema import dentries, inodes, replicas, servers
@@ -222,8 +223,10 @@ async def info(m: Master, session: aiohttp.ClientSession, path: str) -> dict[str
         chunks_out.append({"index": c.index, "chunk_id": c.chunk_id, "version": c.version, "length": c.length,
                            "goal": c.goal, "copies": sum(1 for r in reps if r["status"] == "ok"),
                            "replicas": reps})
+    kept = await m.db.run_read(lambda conn: resident.read(conn, attr.inode))
     return {"path": path, "inode": attr.inode, "size": attr.size, "goal": attr.goal,
-            "chunk_size": m.config.chunk_size, "chunks": chunks_out}
+            "chunk_size": m.config.chunk_size, "chunks": chunks_out,
+            "resident": None if kept is None else len(kept)}
 
 
 # -- setrep ---------------------------------------------------------------------------------------------

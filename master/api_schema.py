@@ -15,7 +15,7 @@ from typing import Any
 from dfs.apispec import Field, Fields, array, boolean, integer, number, obj, request_body, string
 from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, MAX_LIST_ITEMS, UID_MAX
 from dfs.names import CLUSTER_PATH_MAX, NAME_MAX, PATH_MAX
-from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, Attr
+from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, MAX_RESIDENT, Attr
 from master.keys import SCOPES
 from master.servers import BAD_PROBLEMS
 from master.xattrs import XATTR_SIZE_MAX
@@ -79,6 +79,8 @@ THRESHOLD = number(0, 100, exclusive_minimum=True, default=10,
                    description="Percentage points of utilisation a server may differ from the mean.")
 MAX_MOVES_FIELD = integer(1, MAX_MOVES, default=MAX_MOVES, description="Moves at most.")
 B64_MAX = (XATTR_SIZE_MAX + 3) * 4 // 3 + 8
+RESIDENT_B64_MAX = (MAX_RESIDENT + 3) * 4 // 3 + 8
+MAX_RESIDENT_EXTENTS = 1024  # pieces of resident bytes in one commit
 
 # -- /api/<op> ---------------------------------------------------------------------------------------------------
 
@@ -146,7 +148,11 @@ OPS: dict[str, Op] = {
         "inode": inode(), "client": CLIENT, "size": SIZE, "mtime_ns": TIME, "atime_ns": TIME,
         "mode": integer(0, 0o777, description="New permission bits (rwx only) set since the write, with it: "
                         "the owner or root only."),
-        "release": boolean(True)}, WITH_ATTR),
+        "release": boolean(True),
+        "resident": array(obj({"offset": integer(0, MAX_RESIDENT, required=True),
+                               "data_b64": string(RESIDENT_B64_MAX, required=True, description="Base64.")}),
+                          MAX_RESIDENT_EXTENTS, "The written bytes themselves, for the master to keep (a small file "
+                          "with no chunk: docs/PROTOCOL.md \"Resident data\"); EXDEV when it will not.")}, WITH_ATTR),
     "report": Op("A client found a bad replica", {
         "chunk_id": inode("Chunk id."), "server_id": inode("Server id."),
         "version": integer(0, INT64_MAX, required=True),

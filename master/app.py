@@ -23,7 +23,7 @@ from dfs.errors import DfsError
 from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, UID_MAX
 from dfs.metrics import metrics_middleware
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
-from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL
+from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, MAX_RESIDENT
 from dfs.tokens import AUTH_HEADER, AUTH_SCHEME, RequestVerifier
 from dfs.web import (
     MAX_JSON_BODY,
@@ -38,7 +38,7 @@ from dfs.web import (
 )
 from master import api_schema
 from master.admin_api import add_admin_routes, add_openapi
-from master.api_schema import MAX_REPORTED_CHUNKS
+from master.api_schema import MAX_REPORTED_CHUNKS, MAX_RESIDENT_EXTENTS
 from master.auth import INSECURE_WARNING, KEYS, add_auth, auth_middleware, caller_of
 from master.channel import add_channel
 from master.config import MasterConfig
@@ -111,8 +111,8 @@ def _client(p: Params) -> str:
     return client
 
 
-def _b64(p: Params, key: str) -> bytes:
-    text = p.str(key, max_length=(XATTR_SIZE_MAX + 3) * 4 // 3 + 8)
+def _b64(p: Params, key: str, max_bytes: int = XATTR_SIZE_MAX) -> bytes:
+    text = p.str(key, max_length=(max_bytes + 3) * 4 // 3 + 8)
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
@@ -145,7 +145,10 @@ async def op_getattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     slots = int(p.int("chunks", 0, minimum=0, maximum=256))  # an open for reading: its first read's locations
     if slots and attr.is_file:
         try:
-            reply["chunks"] = (await m.placement.chunks(attr.inode, 0, slots, caller=c))["chunks"]
+            where = await m.placement.chunks(attr.inode, 0, slots, caller=c)
+            reply["chunks"] = where["chunks"]
+            if "resident_b64" in where:
+                reply["resident_b64"] = where["resident_b64"]
         except DfsError as err:  # the caller may not read it: getattr answers all the same
             if err.errno not in (errno.EACCES, errno.EPERM, errno.ENOENT):
                 raise
@@ -263,8 +266,17 @@ async def op_lease(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 async def op_commit(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     attr = await m.placement.commit(_inode(p), _client(p), p.int("size", None, minimum=0, maximum=INT64_MAX),
                                     _time(p, "mtime_ns"), bool(p.bool("release", True)), atime_ns=_time(p, "atime_ns"),
-                                    mode=p.int("mode", None, minimum=0, maximum=0o777), caller=c)
+                                    mode=p.int("mode", None, minimum=0, maximum=0o777),
+                                    resident_data=_resident(p), caller=c)
     return {"attr": attr_json(attr)}
+
+
+def _resident(p: Params) -> list[tuple[int, bytes]] | None:
+    """A commit's resident bytes: (offset, bytes) pieces (None: its data went to chunkservers)."""
+    if p.data.get("resident") is None:
+        return None
+    return [(int(item.int("offset", minimum=0, maximum=MAX_RESIDENT)), _b64(item, "data_b64", MAX_RESIDENT))
+            for item in _items(p, "resident", MAX_RESIDENT_EXTENTS)]
 
 
 async def op_report(m: Master, p: Params, c: Caller) -> dict[str, Any]:
@@ -356,7 +368,7 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response({
         "servers": servers, "servers_live": sum(1 for s in servers if s["state"] == "live"),
         **await m.namespace.counts(), "leases": len(m.leases),
-        "chunk_size": m.config.chunk_size, "goal": m.config.goal,
+        "chunk_size": m.config.chunk_size, "goal": m.config.goal, "resident_max": m.config.resident_max,
         "repair": m.repair.status(), "recovery": m.recovery.status(),
         **({"insecure": True, "warning": INSECURE_WARNING} if m.config.insecure else {}),
     })
@@ -392,8 +404,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         replicator = Replicator(db, config, registry, leases, session)
         repair = Repair(db, config, registry, leases, replicator)
         recovery = LeaseRecovery(db, config, registry, leases, session)
-        master = Master(config, db, registry, leases, namespace, Placement(db, config, registry, leases), Xattrs(db),
-                        replicator, repair, recovery)
+        placement = Placement(db, config, registry, leases, session)
+        master = Master(config, db, registry, leases, namespace, placement, Xattrs(db), replicator, repair, recovery)
         app[MASTER_KEY] = master
         async with (background(_housekeeping(master), "housekeeping"),
                     background(repair.run_forever(), "re-replication"),
@@ -423,8 +435,8 @@ def create_app(config: MasterConfig) -> web.Application:
     app.router.add_get("/api/status", status)
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     # chunk_size: clients learn it before they are authenticated (the gateway has no key of its own)
-    add_health(app, "master", lambda: {"chunk_size": config.chunk_size, **({"insecure": True} if config.insecure
-                                                                           else {})})
+    add_health(app, "master", lambda: {"chunk_size": config.chunk_size, "resident_max": config.resident_max,
+                                       **({"insecure": True} if config.insecure else {})})
     add_openapi(app)  # GET /openapi.json, from master/api_schema.py
 
     async def dispatch(name: str, params: Params, caller: Caller) -> dict[str, Any]:

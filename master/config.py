@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dfs.protocol import DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, MASTER_PORT
+from dfs.protocol import DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, DEFAULT_RESIDENT_MAX, MASTER_PORT
 from dfs.tokens import ClusterKeys, load_or_create_secret, read_secret_file
 
 
@@ -17,6 +17,7 @@ class MasterConfig:
     db_url: str | None = None  # default: sqlite+aiosqlite:///<data_dir>/meta.db
     chunk_size: int = DEFAULT_CHUNK_SIZE
     goal: int = DEFAULT_GOAL
+    resident_max: int = DEFAULT_RESIDENT_MAX  # files written whole up to this size stay in the database
     dead_timeout: float = 30.0
     lease_seconds: float = 60.0
     heartbeat_interval: float = 2.0

@@ -23,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from dfs.errors import DfsError
 from dfs.names import PATH_MAX, encoded, split_path, validate_name
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, ROOT_INODE, Attr
-from master import garbage
+from master import garbage, resident
 from master.config import MasterConfig
 from master.db import Database
 from master.leases import LeaseTable
@@ -32,6 +32,7 @@ from master.permissions import require_owner as _require_owner
 from master.prepared import Prepared
 from master.schema import chunks, dentries, inodes, replicas, xattrs
 from master.schema import garbage as garbage_table
+from master.schema import resident as resident_table
 from master.servers import Registry
 
 log = logging.getLogger("master.namespace")
@@ -418,8 +419,10 @@ class Namespace:
 
     @staticmethod
     def _drop_inode(conn: Connection, inode: int) -> None:
-        """The inode's row and its extended attributes (a DELETE that finds none costs a lookup)."""
+        """The inode's row, its extended attributes and resident bytes (a DELETE that finds none costs
+        a lookup)."""
         _DELETE_XATTRS.run(conn, {"inode": inode})
+        resident.drop(conn, inode)
         _DELETE_INODE.run(conn, {"inode": inode})
 
     def _has_entries(self, conn: Connection, inode: int) -> bool:
@@ -647,6 +650,7 @@ class Namespace:
                 if size < row.size:
                     shrunk = size
                     tail = self._shrink(conn, inode, size, live)
+                    resident.cut(conn, inode, size)
             new = {"mode": row.mode, "uid": row.uid, "gid": row.gid, "size": row.size, "atime_ns": row.atime_ns,
                    "mtime_ns": row.mtime_ns, **values}
             _SET_ATTRS.run(conn, {"inode": inode, **new})
@@ -727,6 +731,7 @@ class Namespace:
 
             is_dir = inodes.c.mode.op("&")(S_IFMT) == stat.S_IFDIR
             return {"inodes": count(inodes), "directories": count(inodes, is_dir), "chunks": count(chunks),
-                    "replicas": count(replicas), "garbage": count(garbage_table)}
+                    "replicas": count(replicas), "garbage": count(garbage_table),
+                    "resident_files": count(resident_table)}
 
         return await self.db.run_read(txn)

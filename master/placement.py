@@ -5,17 +5,20 @@ commits of a write's size, and reports of bad replicas.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import logging
 import stat
 import time
 from typing import Any
 
+import aiohttp
 from sqlalchemy import Connection, and_, bindparam, insert, select, update
 
+from dfs.client.chunkio import ChunkIO
 from dfs.errors import DfsError
-from dfs.protocol import MAX_FILE_SIZE, Attr
-from master import garbage
+from dfs.protocol import MAX_FILE_SIZE, Attr, ChunkLocation, Lease, Replica
+from master import garbage, resident
 from master.config import MasterConfig
 from master.db import Database
 from master.leases import Grant, LeaseTable
@@ -49,6 +52,10 @@ _COMMIT = Prepared(update(inodes).where(inodes.c.id == bindparam("inode")).value
     atime_ns=bindparam("atime_ns")))
 
 
+async def _no_report(loc: ChunkLocation, replica: Replica, problem: str) -> None:
+    """The master's own chunk writes report nothing to itself: a failure is logged where it happens."""
+
+
 def _writable(row: Any) -> None:
     if stat.S_ISDIR(row.mode):
         raise DfsError(errno.EISDIR, f"inode {row.id} is a directory")
@@ -57,12 +64,14 @@ def _writable(row: Any) -> None:
 
 
 class Placement:
-    def __init__(self, db: Database, config: MasterConfig, registry: Registry, leases: LeaseTable) -> None:
+    def __init__(self, db: Database, config: MasterConfig, registry: Registry, leases: LeaseTable,
+                 session: aiohttp.ClientSession) -> None:
         self.db = db
         self.config = config
         self.registry = registry
         self.leases = leases
         self._lock = asyncio.Lock()  # one grant decision at a time
+        self._chunkio = ChunkIO(session, _no_report, None)  # resident bytes moving into a chunk
 
     @staticmethod
     def _by_load(live: dict[int, ServerInfo], ids: list[int]) -> list[ServerInfo]:
@@ -75,7 +84,9 @@ class Placement:
     # -- reads ----------------------------------------------------------------------------------
 
     async def chunks(self, inode: int, first: int, count: int, *, caller: Caller = ROOT) -> dict[str, Any]:
-        def txn(conn: Connection) -> tuple[int, dict[int, tuple[int, int, list[int]]]]:
+        """Where slots [first, first + count) are; from slot 0 on, also the resident bytes (`resident_b64`)
+        that stand for slot 0 while the file has them (master/resident.py)."""
+        def txn(conn: Connection) -> tuple[int, dict[int, tuple[int, int, list[int]]], bytes | None]:
             row = get_inode(conn, inode)
             if caller.uid:
                 require(caller, row, R_OK)
@@ -84,9 +95,9 @@ class Placement:
                 slot = slots.setdefault(r.idx, (r.chunk_id, r.version, []))
                 if r.server_id is not None:
                     slot[2].append(r.server_id)
-            return row.size, slots
+            return row.size, slots, resident.read(conn, inode) if first == 0 else None
 
-        size, slots = await self.db.run_read(txn, snapshot=False)
+        size, slots, data = await self.db.run_read(txn, snapshot=False)
         live = self._live()
         locations = [
             {"index": idx, "chunk_id": chunk_id, "version": version,
@@ -94,7 +105,10 @@ class Placement:
              "token": self.config.token("read", chunk_id, version)}
             for idx, (chunk_id, version, ids) in slots.items()
         ]
-        return {"size": size, "chunk_size": self.config.chunk_size, "chunks": locations}
+        reply = {"size": size, "chunk_size": self.config.chunk_size, "chunks": locations}
+        if data is not None:
+            reply["resident_b64"] = base64.b64encode(data).decode("ascii")
+        return reply
 
     # -- leases ---------------------------------------------------------------------------------
 
@@ -113,16 +127,43 @@ class Placement:
                     held.expiry = time.monotonic() + self.config.lease_seconds
                     return self._lease_reply(held)
             live = self._live()
-            grant, placed = await self.db.run_write(
-                lambda conn: self._grant(conn, inode, index, client, set(exclude), live))
+
+            def txn(conn: Connection) -> tuple[Grant, list[ServerInfo], bytes | None]:
+                grant, placed = self._grant(conn, inode, index, client, set(exclude), live)
+                return grant, placed, resident.read(conn, inode) if index == 0 else None
+
+            grant, placed, data = await self.db.run_write(txn)
             for s in placed:  # counts until the server's next heartbeat tells its real usage
                 s.reserved += self.config.chunk_size
             if placed:
                 # routine, one per new file: at INFO it made 98% of a busy master's log
                 log.debug("chunk %d (inode %d slot %d) placed on servers %s", grant.chunk_id, inode, index,
                           ",".join(str(s.id) for s in placed))
+            if data is not None:
+                await self._absorb(grant, data)
             self.leases.put(grant)
             return self._lease_reply(grant)
+
+    async def _absorb(self, grant: Grant, data: bytes) -> None:
+        """Slot 0 of the file was resident: write its bytes into the chunk just leased for it, on
+        every replica and synced, then drop the row, before the writer hears of its lease (its
+        writes then land on those bytes, and no reader sees the slot without them). Any failure
+        leaves the row, which readers keep using, and asks the writer to try again (EAGAIN)."""
+        lease = Lease.from_json(self._lease_reply(grant))
+        try:
+            failed = await self._chunkio.write(lease, 0, data, sync=True)
+        except DfsError as err:
+            failed = [f"{lease.servers[0].url} ({err.message})"]
+        if failed:
+            log.warning("chunk %d v%d: could not move the %d resident bytes of inode %d into it: %s",
+                        grant.chunk_id, grant.version, len(data), grant.inode, ", ".join(failed))
+            raise DfsError(errno.EAGAIN, f"inode {grant.inode}: its data is moving to chunk {grant.chunk_id}; "
+                                         "try again")
+        if not await self.db.run_write(lambda conn: resident.drop_if_unchanged(conn, grant.inode, data)):
+            raise DfsError(errno.EAGAIN, f"inode {grant.inode}: its data changed while moving to chunk "
+                                         f"{grant.chunk_id}; try again")
+        log.info("inode %d: %d resident bytes moved into chunk %d v%d", grant.inode, len(data), grant.chunk_id,
+                 grant.version)
 
     def _lease_reply(self, grant: Grant) -> dict[str, Any]:
         """The lease with its tokens: `token` to write the chunk at its version (for the lease's
@@ -196,9 +237,11 @@ class Placement:
     # -- commits and reports --------------------------------------------------------------------
 
     async def commit(self, inode: int, client: str, size: int | None, mtime_ns: int | None, release: bool, *,
-                     atime_ns: int | None = None, mode: int | None = None, caller: Caller = ROOT) -> Attr:
+                     atime_ns: int | None = None, mode: int | None = None,
+                     resident_data: list[tuple[int, bytes]] | None = None, caller: Caller = ROOT) -> Attr:
         """Record a finished write (size, mtime; the atime and permission bits set since); without
-        `size` only give the client's leases back."""
+        `size` only give the client's leases back. `resident_data`: the written bytes themselves, to
+        keep in the database (master/resident.py; EXDEV when the file is not one to keep so)."""
         if size is None:
             if release:
                 self.leases.release(inode, client)
@@ -213,9 +256,13 @@ class Placement:
                 require(caller, row, W_OK)
                 if (mode is not None or atime_ns is not None) and caller.uid != row.uid:
                     raise DfsError(errno.EPERM, f"inode {inode}: only its owner may set its mode or atime")
+            old_mode = row.mode
+            if resident_data is not None:  # the write itself, with no lease before it (_may_write)
+                resident.patch(conn, inode, resident_data, self.config.resident_max, size)
+                old_mode = kill_suid(caller, row.mode) or row.mode
             now = time.time_ns()
             new = {"size": max(row.size, size), "mtime_ns": now if mtime_ns is None else mtime_ns, "ctime_ns": now,
-                   "mode": row.mode if mode is None else stat.S_IFMT(row.mode) | mode,
+                   "mode": old_mode if mode is None else stat.S_IFMT(row.mode) | mode,
                    "atime_ns": row.atime_ns if atime_ns is None else atime_ns}
             _COMMIT.run(conn, {"inode": inode, **new})
             return Attr(inode, new["mode"], row.uid, row.gid, new["size"], row.nlink, new["atime_ns"], new["mtime_ns"],

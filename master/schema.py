@@ -124,6 +124,14 @@ xattrs = Table(
     PrimaryKeyConstraint("inode", "name"),
 )
 
+#: Resident data (master/resident.py): the bytes of a small file's first chunk slot, kept here
+#: instead of on chunkservers, as NTFS keeps a small file's data in its MFT record.
+resident = Table(
+    "resident", metadata,
+    Column("inode", Id, primary_key=True, autoincrement=False),
+    Column("data", LargeBinary, nullable=False),
+)
+
 #: Administrative state of a chunkserver (master/decommission.py): "draining" or "decommissioned".
 #: A server without a row is in service.
 server_states = Table(

@@ -515,6 +515,65 @@ def test_lease_placement(api: Api) -> None:
     assert api.err("commit", inode=f, client="c1", size=MAX_FILE_SIZE + 1) == "EFBIG"
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _resident(api: Api, inode: int) -> bytes | None:
+    """The resident bytes `chunks` answers for slot 0 (None: none)."""
+    reply = api("chunks", inode=inode)
+    return base64.b64decode(reply["resident_b64"]) if "resident_b64" in reply else None
+
+
+def test_resident_commits(ns: tuple[Api, int]) -> None:
+    api, d = ns
+    f = api.create(d, "small")["inode"]
+    resident_files = http_json("GET", api.url + "/api/status")[1]["resident_files"]
+    attr = api("commit", inode=f, client="c1", size=5, resident=[{"offset": 0, "data_b64": _b64(b"hello")}])["attr"]
+    assert attr["size"] == 5 and _resident(api, f) == b"hello"
+    assert http_json("GET", api.url + "/api/status")[1]["resident_files"] == resident_files + 1
+    assert api("getattr", inode=f, chunks=1)["resident_b64"] == _b64(b"hello")  # an open's getattr brings them
+    # pieces patch what is there; a gap reads as zeros
+    api("commit", inode=f, client="c1", size=9, resident=[{"offset": 3, "data_b64": _b64(b"LO")},
+                                                          {"offset": 7, "data_b64": _b64(b"!!")}])
+    assert _resident(api, f) == b"helLO\0\0!!"
+    # refused, with nothing changed: past resident_max (64 KiB), past the size committed, bad base64
+    assert api.err("commit", inode=f, client="c1", size=70_000,
+                   resident=[{"offset": 65_535, "data_b64": _b64(b"ab")}]) == "EXDEV"
+    assert api.err("commit", inode=f, client="c1", size=9, resident=[{"offset": 8, "data_b64": _b64(b"ab")}]) \
+        == "EINVAL"
+    assert api.err("commit", inode=f, client="c1", size=9, resident=[{"offset": 0, "data_b64": "*"}]) == "EINVAL"
+    assert _resident(api, f) == b"helLO\0\0!!" and api.attr(f)["size"] == 9
+    # truncates cut them; a longer size keeps them (the rest reads as zeros); size 0 drops them
+    api("setattr", inode=f, size=4)
+    assert _resident(api, f) == b"helL"
+    api("setattr", inode=f, size=100)
+    assert _resident(api, f) == b"helL" and api.attr(f)["size"] == 100
+    api("setattr", inode=f, size=0)
+    assert _resident(api, f) is None
+    # deleting the file drops them
+    api("commit", inode=f, client="c1", size=1, resident=[{"offset": 0, "data_b64": _b64(b"x")}])
+    api("unlink", parent=d, name="small")
+    assert http_json("GET", api.url + "/api/status")[1]["resident_files"] == resident_files
+    assert api.err("commit", inode=d, client="c1", size=1, resident=[{"offset": 0, "data_b64": _b64(b"x")}]) \
+        == "EISDIR"
+
+
+def test_resident_bytes_stay_when_they_cannot_move_into_a_chunk(api: Api) -> None:
+    """A lease of slot 0 first writes the resident bytes into the chunk: with its only chunkserver
+    unreachable that fails, the lease answer says try again, and the bytes stay readable."""
+    api.register("gone")  # a URL nothing listens on
+    f = api.create(1, "small")["inode"]
+    api("commit", inode=f, client="c1", size=3, resident=[{"offset": 0, "data_b64": _b64(b"abc")}])
+    status, reply = api.call("lease", inode=f, index=0, client="c1")
+    assert status == 503 and reply["error"] == "EAGAIN" and "moving to chunk" in reply["message"]
+    assert _resident(api, f) == b"abc"
+    # the file has a chunk slot now: its bytes go to chunkservers from here on
+    assert api.err("commit", inode=f, client="c1", size=3, resident=[{"offset": 0, "data_b64": _b64(b"x")}]) \
+        == "EXDEV"
+    assert _resident(api, f) == b"abc"
+
+
 def test_lease_spreads_and_no_room(api: Api) -> None:
     assert api.err("lease", inode=api.create(1, "early")["inode"], index=0, client="c") == "ENOSPC"
     a = api.register("a", capacity=10 * GiB, used=0)

@@ -100,8 +100,8 @@ def test_create_and_unlink_statements(master: tuple[asyncio.AbstractEventLoop, N
         assert len(statements) == 6, statements
         statements.clear()
         loop.run_until_complete(space.unlink(folder.inode, "f", caller=caller))
-        # BEGIN, the entry, its removal, the folder's times, no chunks, xattrs, the inode, COMMIT
-        assert len(statements) == 8, statements
+        # BEGIN, the entry, its removal, the folder's times, no chunks, xattrs, resident bytes, the inode, COMMIT
+        assert len(statements) == 9, statements
         with pytest.raises(DfsError) as err:
             loop.run_until_complete(space.getattr(made.inode))
         assert err.value.errno == errno.ENOENT

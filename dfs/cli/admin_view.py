@@ -162,6 +162,8 @@ def show_info(i: dict[str, Any]) -> None:
     out.print(f"{i['path']}:")
     out.print(f"  inode {i['inode']}, {i['size']} bytes, goal {i['goal']}, {len(i['chunks'])} chunks "
               f"of at most {size(i['chunk_size'])}")
+    if i.get("resident") is not None:
+        out.print(f"  resident: its first {i['resident']} bytes are kept by the master (they stand for chunk 0)")
     for c in i["chunks"]:
         out.print(f"  chunk {c['index']}: id {c['chunk_id']}, version {c['version']}, {c['length']} bytes, "
                   f"{c['copies']} good copies of goal {c['goal']}")

@@ -18,7 +18,15 @@ from dfs.cli.options import (
     tls_ca_option,
     tls_server_options,
 )
-from dfs.protocol import CHUNKSERVER_PORT, DEFAULT_CHUNK_SIZE, DEFAULT_GOAL, GATEWAY_PORT, MASTER_PORT, MAX_GOAL
+from dfs.protocol import (
+    CHUNKSERVER_PORT,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_GOAL,
+    GATEWAY_PORT,
+    MASTER_PORT,
+    MAX_GOAL,
+    MAX_RESIDENT,
+)
 from dfs.web import setup_logging
 
 log_level_option = click.option(
@@ -38,6 +46,9 @@ log_level_option = click.option(
               show_envvar=True, help="Chunk size of new files, e.g. 64MiB.  [default: 64MiB]")
 @click.option("--goal", envvar="DFS_GOAL", default=DEFAULT_GOAL, show_default=True, show_envvar=True,
               type=click.IntRange(1, MAX_GOAL), help="Default number of replicas of each chunk.")
+@click.option("--resident-max", envvar="DFS_RESIDENT_MAX", default="64KiB", type=SIZE, show_envvar=True,
+              help="Files written whole up to this size keep their data in the metadata database instead of "
+                   "on chunkservers (at most the chunk size); 0: never  [default: 64KiB]")
 @click.option("--dead-timeout", envvar="DFS_DEAD_TIMEOUT", default=30.0, show_default=True, show_envvar=True,
               type=click.FloatRange(1, 86400), help="Seconds without heartbeat before a chunkserver is dead.")
 @click.option("--gc-grace", envvar="DFS_GC_GRACE", default=0.0, show_default=True, show_envvar=True,
@@ -69,7 +80,8 @@ log_level_option = click.option(
 @tls_ca_option
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
-                   dead_timeout: float, gc_grace: float, heartbeat_interval: float, maintenance_timeout: float,
+                   resident_max: int, dead_timeout: float, gc_grace: float, heartbeat_interval: float,
+                   maintenance_timeout: float,
                    lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, secret_file: Path | None,
                    token_lifetime: float, gateway_url: str | None, insecure: bool, upgrade_db: bool,
                    tls_cert: Path | None, tls_key: Path | None, log_level: str) -> None:
@@ -79,10 +91,14 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
 
     if chunk_size < 64 * 1024 or chunk_size % (64 * 1024):
         raise click.BadParameter("must be a multiple of 64KiB", param_hint="--chunk-size")
+    if resident_max > min(chunk_size, MAX_RESIDENT):
+        raise click.BadParameter(f"must be at most the chunk size and {MAX_RESIDENT // 1024}KiB",
+                                 param_hint="--resident-max")
     check_tls_pair(tls_cert, tls_key)
     setup_logging("master", log_level)
     config = MasterConfig(data_dir=data_dir, host=listen[0], port=listen[1], db_url=db_url,
-                          chunk_size=chunk_size, goal=goal, dead_timeout=dead_timeout, gc_grace=gc_grace,
+                          chunk_size=chunk_size, goal=goal, resident_max=resident_max, dead_timeout=dead_timeout,
+                          gc_grace=gc_grace,
                           heartbeat_interval=heartbeat_interval, maintenance_timeout=maintenance_timeout,
                           lease_seconds=lease_seconds, repair_bandwidth=repair_bandwidth,
                           repair_concurrency=repair_concurrency, secret_file=secret_file,

@@ -61,6 +61,7 @@ class Client:
         self.gid = os.getgid() if gid is None else gid
         self.umask = _umask()
         self.chunk_size = 0
+        self.resident_max = 0  # files written whole up to this size may keep their bytes in the master
         self._session: aiohttp.ClientSession | None = None
         self.channels: Channels | None = None  # open_channels(): per-thread WebSockets for inline()
         #: short-circuit reads of replicas on this host (dfs/client/localread.py); None: HTTP only
@@ -78,19 +79,19 @@ class Client:
             self.master = MasterClient(self._session, self.master_url, self.retry_for, self._headers)
             self.chunkio = ChunkIO(self._session, self._report_bad, self.read_timeout, self.local_reads)
             try:
-                self.chunk_size = await self._chunk_size()
+                self.chunk_size, self.resident_max = await self._sizes()
             except BaseException:
                 await self.close()
                 raise
         return self
 
-    async def _chunk_size(self) -> int:
-        """From the master's public /health, so that a client without a key of its own (the gateway
-        forwards its callers' keys) can start."""
+    async def _sizes(self) -> tuple[int, int]:
+        """The chunk size and `resident_max`, from the master's public /health, so that a client
+        without a key of its own (the gateway forwards its callers' keys) can start."""
         info = await self.master.health()
         if "chunk_size" in info:
-            return int(info["chunk_size"])
-        return int((await self.master.call("statfs"))["chunk_size"])  # an older master
+            return int(info["chunk_size"]), int(info.get("resident_max", 0))
+        return int((await self.master.call("statfs"))["chunk_size"]), 0  # an older master
 
     def _view(self, headers: dict[str, str], uid: int, gid: int) -> Client:
         if self._session is None:

@@ -14,6 +14,7 @@ event loop they use the asyncio client. The caller keeps the two from running at
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
 import logging
 import time
@@ -44,6 +45,9 @@ class FileHandle:
         self.attr = attr
         self.size = attr.size
         self._locations: dict[int, ChunkLocation] = {}
+        #: Slot 0's bytes when the master keeps them (master/resident.py); they stand for slot 0.
+        self._resident: bytes | None = None
+        self._resident_refused = False  # the master said the file keeps its data on chunkservers
         self._fetched: set[int] = set()  # batches of slots asked of the master; absent slots are holes
         self._leases: dict[int, tuple[Lease, float]] = {}
         self._unsynced: set[int] = set()
@@ -90,6 +94,14 @@ class FileHandle:
                 yield piece
 
     async def _read_chunk(self, index: int, start: int, end: int) -> AsyncIterator[bytes]:
+        if index == 0 and self._resident is None and 0 not in self._locations:
+            await self._location(0)  # its reply carries the resident bytes, if any
+        if index == 0 and self._resident is not None:
+            data = self._resident[start:end]
+            yield data
+            async for piece in zeros(end - start - len(data)):
+                yield piece
+            return
         loc = await self._location(index)
         if loc is None:
             async for piece in zeros(end - start):
@@ -126,17 +138,18 @@ class FileHandle:
         if batch not in self._fetched and index not in self._locations:
             first = batch * LOCATION_BATCH
             reply = await self._via().master.call("chunks", inode=self.inode, first=first, count=LOCATION_BATCH)
-            for item in reply["chunks"]:
-                loc = ChunkLocation.from_json(item)
-                self._locations.setdefault(loc.index, loc)
+            self.seed_locations(reply["chunks"], reply.get("resident_b64"))
             self._fetched.add(batch)
         return self._locations.get(index)
 
-    def seed_locations(self, items: list[dict]) -> None:
-        """Locations the master sent along with something else (an open's getattr: `chunks` replies)."""
+    def seed_locations(self, items: list[dict], resident_b64: str | None = None) -> None:
+        """Locations the master sent along with something else (an open's getattr: `chunks` replies),
+        and slot 0's resident bytes when it sent them."""
         for item in items:
             loc = ChunkLocation.from_json(item)
             self._locations.setdefault(loc.index, loc)
+        if resident_b64 is not None:
+            self._resident = base64.b64decode(resident_b64)
 
     def refresh(self, attr: Attr) -> None:
         """Take attributes fetched anew (close-to-open): new size, and locations asked again."""
@@ -147,6 +160,7 @@ class FileHandle:
     def _forget_locations(self) -> None:
         self._locations.clear()
         self._fetched.clear()
+        self._resident = None
 
     # ---- writing -------------------------------------------------------------------------
 
@@ -207,6 +221,8 @@ class FileHandle:
             return cached[0]
         lease = await self._via().lease(self.inode, index, exclude or [])
         self._leases[index] = (lease, now + lease.expires_in)
+        if index == 0:  # the master moved any resident bytes into this chunk
+            self._resident = None
         # our own reads of this slot must use the new version and replicas
         self._locations[index] = ChunkLocation(index, lease.chunk_id, lease.version, list(lease.servers),
                                                lease.read_token)
@@ -290,6 +306,36 @@ class FileHandle:
                 if self._dirty:
                     self.attr = Attr.from_json(reply["attr"])
                     self._dirty = False
+
+    def may_be_resident(self, end: int) -> bool:
+        """Whether bytes written up to `end` may go to the master with the commit (resident data):
+        small, and nothing of this file known to be on chunkservers. The master has the last word."""
+        return (0 < end <= self.client.resident_max and self.size <= self.client.resident_max
+                and not self._resident_refused and not self._leases and not self._unsynced
+                and not self._locations)
+
+    async def commit_resident(self, extents: list[tuple[int, bytes | bytearray]], size: int, release: bool = False,
+                              deferred: Mapping[str, int] | None = None) -> bool:
+        """Commit the written `extents` themselves, for the master to keep (master/resident.py), with
+        the new `size` and the attributes `deferred` to the commit. False: the master keeps this
+        file's data on chunkservers; send the extents there (and never ask again for this handle)."""
+        async with self._lock:
+            pieces = [{"offset": offset, "data_b64": base64.b64encode(data).decode("ascii")}
+                      for offset, data in extents]
+            try:
+                reply = await self._via().master.call("commit", inode=self.inode, client=self.client.client_id,
+                                                      release=release, size=size, resident=pieces,
+                                                      **(deferred or {}))
+            except DfsError as err:
+                if err.errno != errno.EXDEV:
+                    raise
+                self._resident_refused = True
+                return False
+            self.attr = Attr.from_json(reply["attr"])
+            self.size = max(self.size, size)
+            self._dirty = False
+            self._forget_locations()  # a later read asks for the bytes as the master now has them
+            return True
 
     async def _sync_chunks(self, indices: list[int]) -> None:
         """fsync these chunks on every replica, SYNC_CONCURRENCY at a time (each is a round trip

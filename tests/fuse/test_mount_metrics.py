@@ -133,11 +133,12 @@ def test_filling_a_folder_costs_one_round_trip_per_file(metered_mount: tuple[Clu
     assert calls("resolve", "lookup", "readdir", "getattr") <= 5 + per_second * seconds
 
 
-def test_tar_like_extraction_costs_a_create_a_lease_and_a_commit(metered_mount: tuple[Cluster, Mount, str]) -> None:
+def test_tar_like_extraction_costs_a_create_and_a_commit(metered_mount: tuple[Cluster, Mount, str]) -> None:
     """`tar x` as root: create (0600), write, futimens, fchown to the owner the file has, fchmod 0644,
     close. The fchown changes nothing (no round trip); the mtime and the wider mode go with the
-    writes' commit at the close; other clients see both after it. A real change of owner, and a
-    chown long after, still go to the master."""
+    writes' commit at the close, and so do the bytes of a file this small (resident data: no
+    lease, no chunkserver); other clients see all of it after the close. A real change of owner,
+    and a chown long after, still go to the master."""
     cluster, mount, url = metered_mount
 
     def extract(name: str) -> None:
@@ -161,7 +162,7 @@ def test_tar_like_extraction_costs_a_create_a_lease_and_a_commit(metered_mount: 
         return value(after, "dfs_client_master_calls_total", operation=op, result="ok") - value(
             before, "dfs_client_master_calls_total", operation=op, result="ok")
 
-    assert calls("create") == calls("lease") == calls("commit") == count
+    assert calls("create") == calls("commit") == count and calls("lease") == 0
     assert calls("setattr") <= count // 2  # the chown: a loaded machine may miss its window
     path = mount.mountpoint / "extracted-0"
     st = os.stat(path)
@@ -208,8 +209,10 @@ def test_attributes_kept_for_the_commit_follow_posix(metered_mount: tuple[Cluste
 
 
 def test_small_files_cost_few_round_trips(metered_mount: tuple[Cluster, Mount, str]) -> None:
-    """A 4 KiB file costs one lease and one commit to write (the close's commit gives the lease back),
-    and one getattr to open and read (its first chunk's locations come with it): counted, not timed."""
+    """A 4 KiB file written here costs one commit, which carries its bytes (resident data: no lease,
+    no chunkserver), and one getattr to open and read, which brings them back. One written elsewhere
+    through chunks costs one getattr too (its first chunk's locations come with it) and its chunk
+    read: counted, not timed."""
     cluster, mount, url = metered_mount
     folder = mount.mountpoint / "small"
     data = os.urandom(4096)
@@ -233,8 +236,15 @@ def test_small_files_cost_few_round_trips(metered_mount: tuple[Cluster, Mount, s
     for i in range(5):
         (folder / f"f{i}").write_bytes(data)
     written = settled()
-    assert calls(written, before, "lease") == 5
+    assert calls(written, before, "lease") == 0
     assert calls(written, before, "commit") == 5
+    for i in range(5):
+        assert (folder / f"f{i}").read_bytes() == data
+    read_resident = settled()
+    assert calls(read_resident, written, "getattr") == 5 and calls(read_resident, written, "chunks") == 0
+    assert value(read_resident, "dfs_client_chunk_bytes_total", direction="read") == value(
+        written, "dfs_client_chunk_bytes_total", direction="read")
+    written = read_resident
     for i in range(5):
         assert (folder / f"elsewhere{i}").read_bytes() == data
     read = settled()

@@ -1,0 +1,118 @@
+"""Resident data through a real mount (master/resident.py): small files written whole keep their bytes
+in the master, read back the same from every client, and move into a chunk when they grow."""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from dfs.auth import auth_headers
+from dfs.launcher import Mount
+from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
+
+KiB = 1024
+
+
+def info(cluster: Cluster, mount: Mount, path: Path) -> dict:
+    """`dfs admin info` of a file of the mount."""
+    status, body = http_json("POST", f"{cluster.master_url}/api/admin/info",
+                             {"path": "/" + str(path.relative_to(mount.mountpoint))})
+    assert status == 200, body
+    return body
+
+
+def via_gateway(cluster: Cluster, mount: Mount, path: Path, byte_range: str | None = None) -> bytes:
+    assert cluster.gateway is not None
+    headers = auth_headers(TEST_ADMIN_KEY) | ({"Range": f"bytes={byte_range}"} if byte_range else {})
+    request = urllib.request.Request(f"{cluster.gateway.url}/fs/{path.relative_to(mount.mountpoint)}",
+                                     headers=headers)
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return resp.read()
+
+
+def drop_caches() -> None:
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+@pytest.mark.timeout(60)
+def test_small_files_are_kept_by_the_master_and_read_the_same_everywhere(mnt: Path, mounted_cluster) -> None:
+    cluster, mount = mounted_cluster
+    sizes = {"empty": 0, "one": 1, "four-k": 4 * KiB, "at-limit": 64 * KiB, "past-limit": 64 * KiB + 1}
+    data = {name: os.urandom(size) for name, size in sizes.items()}
+    for name, content in data.items():
+        (mnt / name).write_bytes(content)
+    for name in ("one", "four-k", "at-limit"):
+        kept = info(cluster, mount, mnt / name)
+        assert kept["resident"] == sizes[name] and kept["chunks"] == [], (name, kept)
+    assert info(cluster, mount, mnt / "empty")["resident"] is None  # nothing written, nothing kept
+    past = info(cluster, mount, mnt / "past-limit")
+    assert past["resident"] is None and len(past["chunks"]) == 1
+    drop_caches()
+    for name, content in data.items():
+        assert (mnt / name).read_bytes() == content, name
+        assert via_gateway(cluster, mount, mnt / name) == content, name
+    assert via_gateway(cluster, mount, mnt / "four-k", "100-199") == data["four-k"][100:200]
+
+
+@pytest.mark.timeout(60)
+def test_a_resident_file_rewritten_in_place_and_truncated_stays_right(mnt: Path, mounted_cluster) -> None:
+    cluster, mount = mounted_cluster
+    path, model = mnt / "edited", bytearray(os.urandom(3000))
+    path.write_bytes(model)
+    with open(path, "r+b") as f:  # a rewrite in the middle and a write past the end, with a hole
+        f.seek(1000)
+        f.write(b"x" * 100)
+        f.seek(5000)
+        f.write(b"tail")
+    model[1000:1100] = b"x" * 100
+    model.extend(bytes(5000 - len(model)) + b"tail")
+    assert path.read_bytes() == bytes(model)
+    assert info(cluster, mount, path)["resident"] == len(model)
+    os.truncate(path, 10)
+    assert path.read_bytes() == bytes(model[:10])
+    os.truncate(path, 20_000)  # longer: the bytes past the resident ones read as zeros
+    drop_caches()
+    assert path.read_bytes() == bytes(model[:10]) + bytes(20_000 - 10)
+    assert via_gateway(cluster, mount, path) == bytes(model[:10]) + bytes(20_000 - 10)
+    assert info(cluster, mount, path)["resident"] == 10
+    os.truncate(path, 0)
+    assert info(cluster, mount, path)["resident"] is None
+
+
+@pytest.mark.timeout(60)
+def test_a_resident_file_that_grows_moves_into_a_chunk(mnt: Path, mounted_cluster) -> None:
+    cluster, mount = mounted_cluster
+    path = mnt / "growing"
+    start, more = os.urandom(5000), os.urandom(300 * KiB)
+    path.write_bytes(start)
+    assert info(cluster, mount, path)["resident"] == 5000
+    with open(path, "ab") as f:
+        f.write(more)
+    after = info(cluster, mount, path)
+    assert after["resident"] is None and len(after["chunks"]) == 1
+    assert all(r["status"] == "ok" for r in after["chunks"][0]["replicas"])  # every replica got the first bytes
+    drop_caches()
+    assert path.read_bytes() == start + more
+    assert via_gateway(cluster, mount, path) == start + more
+
+
+@pytest.mark.timeout(90)
+def test_resident_max_zero_keeps_every_byte_on_chunkservers(tmp_path: Path) -> None:
+    cluster = Cluster(root=tmp_path / "cluster", master_args=["--resident-max", "0"])
+    mount = Mount("", tmp_path / "mnt", tmp_path / "mount.log")
+    try:
+        cluster.start(gateway=False)
+        mount.master_url = cluster.master_url
+        mount.start()
+        path = mount.mountpoint / "small"
+        path.write_bytes(b"on chunkservers")
+        kept = info(cluster, mount, path)
+        assert kept["resident"] is None and len(kept["chunks"]) == 1
+        assert path.read_bytes() == b"on chunkservers"
+    finally:
+        mount.stop()
+        cluster.stop()
