@@ -140,18 +140,15 @@ async def op_lookup(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 
 async def op_getattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     access = int(p.int("access", 0, minimum=0, maximum=7))  # R_OK|W_OK|X_OK the caller needs (open)
-    attr = await m.namespace.getattr(_inode(p), caller=c, access=access)
-    reply: dict[str, Any] = {"attr": attr_json(attr)}
     slots = int(p.int("chunks", 0, minimum=0, maximum=256))  # an open for reading: its first read's locations
-    if slots and attr.is_file:
-        try:
-            where = await m.placement.chunks(attr.inode, 0, slots, caller=c)
-            reply["chunks"] = where["chunks"]
-            if "resident_b64" in where:
-                reply["resident_b64"] = where["resident_b64"]
-        except DfsError as err:  # the caller may not read it: getattr answers all the same
-            if err.errno not in (errno.EACCES, errno.EPERM, errno.ENOENT):
-                raise
+    if not slots:
+        return {"attr": attr_json(await m.namespace.getattr(_inode(p), caller=c, access=access))}
+    attr, where = await m.placement.open_attr(_inode(p), slots, access, caller=c)
+    reply: dict[str, Any] = {"attr": attr_json(attr)}
+    if where is not None:
+        reply["chunks"] = where["chunks"]
+        if "resident_b64" in where:
+            reply["resident_b64"] = where["resident_b64"]
     return reply
 
 

@@ -56,6 +56,19 @@ async def _no_report(loc: ChunkLocation, replica: Replica, problem: str) -> None
     """The master's own chunk writes report nothing to itself: a failure is logged where it happens."""
 
 
+#: chunk slot index -> (chunk id, version, ids of the servers with a replica at that version)
+Slots = dict[int, tuple[int, int, list[int]]]
+
+
+def _slots(conn: Connection, inode: int, first: int, count: int) -> Slots:
+    slots: Slots = {}
+    for r in _LOCATIONS.rows(conn, {"inode": inode, "first": first, "end": first + count}):
+        slot = slots.setdefault(r.idx, (r.chunk_id, r.version, []))
+        if r.server_id is not None:
+            slot[2].append(r.server_id)
+    return slots
+
+
 def _writable(row: Any) -> None:
     if stat.S_ISDIR(row.mode):
         raise DfsError(errno.EISDIR, f"inode {row.id} is a directory")
@@ -86,18 +99,37 @@ class Placement:
     async def chunks(self, inode: int, first: int, count: int, *, caller: Caller = ROOT) -> dict[str, Any]:
         """Where slots [first, first + count) are; from slot 0 on, also the resident bytes (`resident_b64`)
         that stand for slot 0 while the file has them (master/resident.py)."""
-        def txn(conn: Connection) -> tuple[int, dict[int, tuple[int, int, list[int]]], bytes | None]:
+        def txn(conn: Connection) -> tuple[int, Slots, bytes | None]:
             row = get_inode(conn, inode)
             if caller.uid:
                 require(caller, row, R_OK)
-            slots: dict[int, tuple[int, int, list[int]]] = {}
-            for r in _LOCATIONS.rows(conn, {"inode": inode, "first": first, "end": first + count}):
-                slot = slots.setdefault(r.idx, (r.chunk_id, r.version, []))
-                if r.server_id is not None:
-                    slot[2].append(r.server_id)
-            return row.size, slots, resident.read(conn, inode) if first == 0 else None
+            return row.size, _slots(conn, inode, first, count), resident.read(conn, inode) if first == 0 else None
 
-        size, slots, data = await self.db.run_read(txn, snapshot=False)
+        return self._where(*await self.db.run_read(txn, snapshot=False))
+
+    async def open_attr(self, inode: int, slots: int, access: int, *,
+                        caller: Caller = ROOT) -> tuple[Attr, dict[str, Any] | None]:
+        """An open's getattr (EACCES unless the caller has `access`) and, for a regular file the caller
+        may read, what `chunks` answers for its first `slots` slots, in one transaction."""
+        def txn(conn: Connection) -> tuple[Attr, tuple[int, Slots, bytes | None] | None]:
+            row = get_inode(conn, inode)
+            if access:
+                require(caller, row, access)
+            attr = to_attr(row)
+            if not attr.is_file:
+                return attr, None
+            if caller.uid:
+                try:
+                    require(caller, row, R_OK)
+                except DfsError:  # the caller may not read it: the getattr answers all the same
+                    return attr, None
+            return attr, (row.size, _slots(conn, inode, 0, slots), resident.read(conn, inode))
+
+        attr, where = await self.db.run_read(txn)
+        return attr, None if where is None else self._where(*where)
+
+    def _where(self, size: int, slots: Slots, data: bytes | None) -> dict[str, Any]:
+        """A `chunks` answer: the slots' live replicas (least loaded first) with read tokens."""
         live = self._live()
         locations = [
             {"index": idx, "chunk_id": chunk_id, "version": version,

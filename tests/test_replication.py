@@ -87,7 +87,7 @@ def test_replicate_refuses_what_it_cannot_verify(pair: tuple[Cluster, SyncClient
 
 def test_recover_endpoint(pair: tuple[Cluster, SyncClient]) -> None:
     cluster, fs = pair
-    upload(fs, "/recover", pattern(5000, 42))
+    upload(fs, "/recover", pattern(100_000, 42))  # past resident_max: a chunk
     loc, source, _, _ = _source_and_target(cluster, fs, "/recover")
     cid, version = loc["chunk_id"], loc["version"]
     tokens = cluster.chunk_tokens()

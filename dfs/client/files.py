@@ -180,7 +180,8 @@ class FileHandle:
         """Write everything `source` yields, starting at `offset`, in pieces of at most WRITE_PIECE.
 
         The last piece of each chunk is written with sync, so a finished chunk is durable on every
-        replica before anything can commit it. Memory held: one piece.
+        replica before anything can commit it. Memory held: one piece. A stream small enough to be
+        resident data (master/resident.py) is committed with its bytes instead.
         """
         buf = bytearray()
         pos = offset
@@ -205,6 +206,10 @@ class FileHandle:
             total += len(piece)
             if len(buf) >= WRITE_PIECE:
                 await send(final=False)
+        if pos == offset and self.may_be_resident(offset + len(buf)):
+            self._check_range(offset, len(buf))
+            if await self.commit_resident([(offset, bytes(buf))], offset + len(buf)):
+                return total
         await send(final=True)
         return total
 

@@ -210,16 +210,17 @@ def test_attributes_kept_for_the_commit_follow_posix(metered_mount: tuple[Cluste
 
 def test_small_files_cost_few_round_trips(metered_mount: tuple[Cluster, Mount, str]) -> None:
     """A 4 KiB file written here costs one commit, which carries its bytes (resident data: no lease,
-    no chunkserver), and one getattr to open and read, which brings them back. One written elsewhere
-    through chunks costs one getattr too (its first chunk's locations come with it) and its chunk
-    read: counted, not timed."""
+    no chunkserver), and one getattr to open and read, which brings them back; so does one uploaded
+    elsewhere. A 100 KiB one uploaded elsewhere lives in a chunk: one getattr too (its first chunk's
+    locations come with it) and its chunk read: counted, not timed."""
     cluster, mount, url = metered_mount
     folder = mount.mountpoint / "small"
-    data = os.urandom(4096)
+    data, bigger = os.urandom(4096), os.urandom(100 * 1024)
     with SyncClient(cluster.master_url) as fs:  # written elsewhere: the mount knows nothing of them
         fs.makedir("/small")
         for i in range(5):
             fs.upload(f"/small/elsewhere{i}", one_piece(data))
+            fs.upload(f"/small/chunked{i}", one_piece(bigger))
 
     def settled() -> dict:
         deadline = time.monotonic() + 10  # the kernel sends the release of a closed file a little later
@@ -240,18 +241,19 @@ def test_small_files_cost_few_round_trips(metered_mount: tuple[Cluster, Mount, s
     assert calls(written, before, "commit") == 5
     for i in range(5):
         assert (folder / f"f{i}").read_bytes() == data
+        assert (folder / f"elsewhere{i}").read_bytes() == data
     read_resident = settled()
-    assert calls(read_resident, written, "getattr") == 5 and calls(read_resident, written, "chunks") == 0
+    assert calls(read_resident, written, "getattr") == 10  # the opens (close-to-open)
+    assert calls(read_resident, written, "chunks") == 0
     assert value(read_resident, "dfs_client_chunk_bytes_total", direction="read") == value(
         written, "dfs_client_chunk_bytes_total", direction="read")
-    written = read_resident
     for i in range(5):
-        assert (folder / f"elsewhere{i}").read_bytes() == data
+        assert (folder / f"chunked{i}").read_bytes() == bigger
     read = settled()
-    assert calls(read, written, "getattr") == 5  # the opens (close-to-open)
-    assert calls(read, written, "chunks") == 0
+    assert calls(read, read_resident, "getattr") == 5
+    assert calls(read, read_resident, "chunks") == 0
     assert value(read, "dfs_client_chunk_bytes_total", direction="read") - value(
-        written, "dfs_client_chunk_bytes_total", direction="read") == 5 * 4096
+        read_resident, "dfs_client_chunk_bytes_total", direction="read") == 5 * len(bigger)
 
 
 @pytest.mark.timeout(120)

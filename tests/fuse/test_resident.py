@@ -4,6 +4,7 @@ in the master, read back the same from every client, and move into a chunk when 
 from __future__ import annotations
 
 import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -56,6 +57,25 @@ def test_small_files_are_kept_by_the_master_and_read_the_same_everywhere(mnt: Pa
         assert (mnt / name).read_bytes() == content, name
         assert via_gateway(cluster, mount, mnt / name) == content, name
     assert via_gateway(cluster, mount, mnt / "four-k", "100-199") == data["four-k"][100:200]
+
+
+@pytest.mark.timeout(60)
+def test_small_http_uploads_are_kept_by_the_master_too(mnt: Path, mounted_cluster) -> None:
+    cluster, mount = mounted_cluster
+    assert cluster.gateway is not None
+    small, large = os.urandom(10 * KiB), os.urandom(100 * KiB)
+    for name, body in (("small", small), ("large", large)):
+        request = urllib.request.Request(f"{cluster.gateway.url}/fs/{mnt.relative_to(mount.mountpoint)}/{name}",
+                                         data=body, method="PUT", headers=auth_headers(TEST_ADMIN_KEY))
+        with urllib.request.urlopen(request, timeout=30):
+            pass
+    assert info(cluster, mount, mnt / "small")["resident"] == len(small)
+    assert info(cluster, mount, mnt / "large")["resident"] is None
+    deadline = time.monotonic() + 3  # names made elsewhere show within the entry timeout (1 s)
+    while not (mnt / "large").exists():
+        assert time.monotonic() < deadline, "the uploaded files never showed on the mount"
+        time.sleep(0.05)
+    assert (mnt / "small").read_bytes() == small and (mnt / "large").read_bytes() == large
 
 
 @pytest.mark.timeout(60)
