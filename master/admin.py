@@ -22,6 +22,7 @@ from master import resident
 from master.goals import GoalKeeper
 from master.layout import Layout, live_copies, load_layout
 from master.schema import dentries, inodes, replicas, servers
+from master.schema import resident as resident_table
 from master.servers import ServerInfo
 
 if TYPE_CHECKING:
@@ -120,10 +121,13 @@ async def status(m: Master, balance: dict[str, Any], drains: list[dict[str, Any]
     files = await m.db.run_read(lambda conn: conn.execute(
         select(func.count(), func.coalesce(func.sum(inodes.c.size), 0))
         .where(inodes.c.mode.op("&")(S_IFMT) == stat.S_IFREG)).one(), background=True)
+    kept = await m.db.run_read(lambda conn: conn.execute(
+        select(func.count(), func.coalesce(func.sum(func.length(resident_table.c.data)), 0))).one(), background=True)
     healthy = (nodes["dead"] == 0 and health["missing"] == 0 and health["under_replicated"] == 0
                and health["corrupt"] == 0)
     return {"healthy": healthy, "nodes": nodes, "capacity": capacity, "chunks": health,
             "files": int(files[0]), "bytes": int(files[1]), "leases": len(m.leases),
+            "resident": {"files": int(kept[0]), "bytes": int(kept[1]), "max": m.config.resident_max},
             "chunk_size": m.config.chunk_size, "goal": m.config.goal,
             "balance": {k: balance.get(k) for k in ("state", "moves_done", "bytes_moved", "message")},
             "decommissions": drains}

@@ -125,7 +125,7 @@ class Placement:
                     return attr, None
             return attr, (row.size, _slots(conn, inode, 0, slots), resident.read(conn, inode))
 
-        attr, where = await self.db.run_read(txn)
+        attr, where = await self.db.run_read(txn, snapshot=False)  # as `chunks` reads, and getattr before it
         return attr, None if where is None else self._where(*where)
 
     def _where(self, size: int, slots: Slots, data: bytes | None) -> dict[str, Any]:

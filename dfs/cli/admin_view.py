@@ -49,6 +49,10 @@ def show_status(s: dict[str, Any]) -> None:
               f"{ch['missing']} missing, {ch['corrupt']} corrupt ({ch['over_replicated']} over-replicated)")
     out.print(f"Files:     {s['files']} ({size(s['bytes'])}), {s['leases']} write leases, "
               f"chunk size {size(s['chunk_size'])}, default goal {s['goal']}")
+    kept = s.get("resident") or {}
+    if kept.get("files"):
+        out.print(f"Resident:  {kept['files']} small files ({size(kept['bytes'])}) kept by the master "
+                  f"(up to {size(kept['max'])} each)")
     bal = s.get("balance") or {}
     if bal.get("state") and bal["state"] != "idle":
         out.print(f"Balance:   {bal['state']}: {bal.get('moves_done', 0)} moves, {size(bal.get('bytes_moved'))}"

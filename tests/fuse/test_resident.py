@@ -52,6 +52,9 @@ def test_small_files_are_kept_by_the_master_and_read_the_same_everywhere(mnt: Pa
     assert info(cluster, mount, mnt / "empty")["resident"] is None  # nothing written, nothing kept
     past = info(cluster, mount, mnt / "past-limit")
     assert past["resident"] is None and len(past["chunks"]) == 1
+    status, summary = http_json("GET", f"{cluster.master_url}/api/admin/status")
+    assert status == 200 and summary["resident"]["files"] >= 3 and summary["resident"]["max"] == 64 * KiB
+    assert summary["resident"]["bytes"] >= 1 + 4 * KiB + 64 * KiB
     drop_caches()
     for name, content in data.items():
         assert (mnt / name).read_bytes() == content, name
