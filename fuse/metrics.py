@@ -69,8 +69,8 @@ class MountCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         budget = self.ops.budget
         files = self.ops.open_files()
-        yield GaugeMetricFamily("dfs_fuse_memory_used_bytes", "Bytes held by write buffers and read-ahead windows",
-                                value=budget.used)
+        yield GaugeMetricFamily("dfs_fuse_memory_used_bytes", "Bytes held by write buffers, read-ahead windows "
+                                "and open small files' resident bytes", value=budget.used)
         yield GaugeMetricFamily("dfs_fuse_memory_cap_bytes", "The cap on those bytes (--memory-cap)", value=budget.cap)
         yield GaugeMetricFamily("dfs_fuse_unsent_bytes", "Bytes written to open files and not yet on the "
                                 "chunkservers (buffered or being sent)", value=sum(f.unsent_bytes for f in files))

@@ -122,6 +122,7 @@ class OpenFile:
         self._window = b""
         self._window_offset = 0
         self._window_charged = 0
+        self._resident_charged = 0  # the handle's resident bytes (slot 0 kept by the master), charged
         self._next_sequential = -1
         self._streak = 0
 
@@ -267,6 +268,7 @@ class OpenFile:
         self.budget.give(self._buf_charged)
         self._buf_charged = 0
         self._committed()
+        self.account_resident()
         return True
 
     def defer(self, mtime_ns: int | None = None, atime_ns: int | None = None, mode: int | None = None) -> bool:
@@ -302,6 +304,7 @@ class OpenFile:
                 self._run(self.handle.flush(durable=False, deferred=self._deferred))
             self._run(self.handle.truncate(size))
             self._committed()
+            self.account_resident()
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -323,7 +326,24 @@ class OpenFile:
             else:
                 data = self._run(self.handle.read(offset, end - offset))
             self._next_sequential = offset + len(data)
+            self.account_resident()
             return data
+
+    def account_resident(self) -> None:
+        """Charge the budget for the resident bytes the handle holds now (master/resident.py); past
+        the cap the handle lets them go, and a later read asks the master for them again."""
+        with self.lock:
+            held = self.handle.resident_bytes
+            if held == self._resident_charged:
+                return
+            if held < self._resident_charged or self.budget.try_take(held - self._resident_charged):
+                if held < self._resident_charged:
+                    self.budget.give(self._resident_charged - held)
+                self._resident_charged = held
+                return
+            self.handle.drop_resident()
+            self.budget.give(self._resident_charged)
+            self._resident_charged = 0
 
     def _read_ahead(self, offset: int, end: int) -> bytes:
         span = min(self.read_ahead, self.size - offset)
@@ -350,6 +370,7 @@ class OpenFile:
         with self.lock:
             self._drop_window()
             self.handle.refresh(attr)
+            self.account_resident()
 
     def close(self) -> None:
         """The last handle went away: flush, give the leases back, free the memory. A clean file
@@ -363,6 +384,8 @@ class OpenFile:
                 self._committed()
             finally:
                 self._drop_window()
+                self.handle.drop_resident()
+                self.account_resident()
                 if self._buf_charged:
                     self.budget.give(self._buf_charged)
                     self._buf_charged = 0

@@ -670,6 +670,7 @@ class DfsOperations(mfusepy.Operations):
             fi.noflush = 1  # its close has nothing to send: the kernel skips the flush (FOPEN_NOFLUSH)
         if reply.get("chunks") or "resident_b64" in reply:
             self._handles[fi.fh].handle.seed_locations(reply.get("chunks", []), reply.get("resident_b64"))
+            self._handles[fi.fh].account_resident()
         if fi.flags & os.O_TRUNC and attr.size:  # libfuse 3 passes O_TRUNC on (atomic_o_trunc)
             open_file = self._handles[fi.fh]
             open_file.truncate(0)

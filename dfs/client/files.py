@@ -151,6 +151,17 @@ class FileHandle:
         if resident_b64 is not None:
             self._resident = base64.b64decode(resident_b64)
 
+    @property
+    def resident_bytes(self) -> int:
+        """Bytes of slot 0 held here because the master keeps them (0: none)."""
+        return 0 if self._resident is None else len(self._resident)
+
+    def drop_resident(self) -> None:
+        """Let go of slot 0's resident bytes (a memory cap): a later read of slot 0 asks again."""
+        if self._resident is not None:
+            self._resident = None
+            self._fetched.discard(0)
+
     def refresh(self, attr: Attr) -> None:
         """Take attributes fetched anew (close-to-open): new size, and locations asked again."""
         self.attr = attr

@@ -12,7 +12,8 @@ import pytest
 
 from dfs.auth import auth_headers
 from dfs.launcher import Mount
-from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
+from tests.harness import TEST_ADMIN_KEY, Cluster, free_port, http_json
+from tests.scrape import scrape, value
 
 KiB = 1024
 
@@ -137,5 +138,34 @@ def test_resident_max_zero_keeps_every_byte_on_chunkservers(tmp_path: Path) -> N
         assert kept["resident"] is None and len(kept["chunks"]) == 1
         assert path.read_bytes() == b"on chunkservers"
     finally:
+        mount.stop()
+        cluster.stop()
+
+
+@pytest.mark.timeout(90)
+def test_resident_bytes_of_open_files_count_against_the_memory_cap(tmp_path: Path) -> None:
+    """50 open files of 60 KiB each hold 3 MB of resident bytes: a 2 MiB cap keeps what fits and
+    the rest are asked for again at each read, which still returns the right bytes."""
+    cluster = Cluster(root=tmp_path / "cluster")
+    port = free_port()
+    mount = Mount("", tmp_path / "mnt", tmp_path / "mount.log",
+                  args=["--metrics-port", str(port), "--write-buffer", "1MiB", "--memory-cap", "2MiB"])
+    files = []
+    try:
+        cluster.start(gateway=False)
+        mount.master_url = cluster.master_url
+        mount.start()
+        data = [os.urandom(60 * KiB) for _ in range(50)]
+        for i, content in enumerate(data):
+            (mount.mountpoint / f"f{i}").write_bytes(content)
+        drop_caches()
+        files = [open(mount.mountpoint / f"f{i}", "rb") for i in range(50)]  # noqa: SIM115
+        for f, content in zip(files, data, strict=True):
+            assert f.read() == content
+        held = scrape(f"http://127.0.0.1:{port}/metrics")
+        assert 0 < value(held, "dfs_fuse_memory_used_bytes") <= 2 * 1024 * KiB
+    finally:
+        for f in files:
+            f.close()
         mount.stop()
         cluster.stop()
