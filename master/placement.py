@@ -123,7 +123,9 @@ class Placement:
                     require(caller, row, R_OK)
                 except DfsError:  # the caller may not read it: the getattr answers all the same
                     return attr, None
-            return attr, (row.size, _slots(conn, inode, 0, slots), resident.read(conn, inode))
+            data = resident.read(conn, inode)
+            # resident bytes stand for slot 0: with them, only a wider ask needs the chunks' places
+            return attr, (row.size, {} if data is not None and slots == 1 else _slots(conn, inode, 0, slots), data)
 
         attr, where = await self.db.run_read(txn, snapshot=False)  # as `chunks` reads, and getattr before it
         return attr, None if where is None else self._where(*where)
