@@ -105,7 +105,9 @@ def parse_json(raw: bytes) -> Params:
         raise DfsError(errno.EINVAL, "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise DfsError(errno.EINVAL, "request body must be a JSON object")
-    if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    # a body with no more opening brackets than the limit cannot nest deeper (the walk costs a
+    # namespace call over the channel ~4% of the master's time; the count, a scan in C)
+    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise DfsError(errno.EINVAL, f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return Params(body, typed=True)
 
