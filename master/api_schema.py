@@ -94,7 +94,9 @@ OPS: dict[str, Op] = {
         "inode": inode(), "access": integer(0, 7, default=0, description="R_OK|W_OK|X_OK to check, as access(2)."),
         "chunks": integer(0, 256, default=0, description="Also where the first this many chunk slots of a "
                           "regular file are, as `chunks` answers, when the caller may read it.")},
-        {"type": "object", "properties": {"attr": ATTR, "chunks": {"type": "array", "items": {"type": "object"}}},
+        {"type": "object", "properties": {"attr": ATTR, "chunks": {"type": "array", "items": {"type": "object"}},
+                                          "resident_b64": {"type": "string", "format": "byte", "description":
+                                                           "A resident file's bytes (docs/PROTOCOL.md)."}},
          "required": ["attr"]}),
     "setattr": Op("Change mode, owner, size or times", {
         "inode": inode(), "mode": integer(0, 0o7777, description="Permission bits."),
