@@ -3,13 +3,15 @@
 For the files under a path it finds chunks that are missing (no good replica) or under-replicated,
 replicas that are missing on their server, stale (older version or an unfinished write) or corrupt
 (a full read through the chunkserver, which verifies every block checksum and quarantines a bad copy),
-chunk rows past the end of their file and replicas holding data beyond it. Checking "/" also lists
-orphans: chunks on a server that the master neither lists there nor has queued for deletion.
+chunk rows past the end of their file and replicas holding data beyond it, and chunks shadowed by
+resident bytes (master/resident.py: left in slot 0 by a move into it that did not finish; never read).
+Checking "/" also lists orphans: chunks on a server that the master neither lists there nor has
+queued for deletion.
 
 `repair` then drops the bad replicas (their deletion is queued), copies under-replicated chunks to new
-servers (master/goals.py), queues orphans for deletion, forgets chunks past EOF and truncates replicas
-that hold data past EOF. What cannot be repaired (a chunk with no good copy, no server to copy to) is
-said so, and counts as a problem still.
+servers (master/goals.py), queues orphans for deletion, forgets chunks past EOF and shadowed chunks,
+and truncates replicas that hold data past EOF. What cannot be repaired (a chunk with no good copy, no
+server to copy to) is said so, and counts as a problem still.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from master.goals import Budget, fix_chunk
 from master.layout import ChunkPlace, est_length, load_layout
 from master.moves import Mover
 from master.schema import chunks, inodes, replicas
+from master.schema import resident as resident_table
 from master.servers import drop_bad
 
 if TYPE_CHECKING:
@@ -46,7 +49,8 @@ READ_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
 @dataclass(slots=True)
 class Problem:
     kind: str  # missing-chunk, under-replicated, missing-replica, stale-replica, corrupt-replica,
-    #            unreadable-replica (any other read error), past-eof, beyond-eof, orphan, unreachable-server
+    #            unreadable-replica (any other read error), past-eof, beyond-eof, shadowed-chunk, orphan,
+    #            unreachable-server
     detail: str
     path: str | None = None
     inode: int | None = None
@@ -87,10 +91,17 @@ class Fsck:
 
         places = sorted(layout.chunks.values(), key=lambda c: (files[c.inode].path, c.index))
         busy = {c.chunk_id for c in places if self.mover.leased(c.inode, c.index) or c.chunk_id in self.mover.inflight}
+        kept = await m.db.run_read(lambda conn: set(conn.execute(select(resident_table.c.inode)).scalars()),
+                                   background=True)
+        shadowed = {c.chunk_id for c in places if c.index == 0 and c.inode in kept and c.chunk_id not in busy}
         to_read: list[tuple[ChunkPlace, int]] = []
         for c in places:
             size = files[c.inode].size
             if c.chunk_id in busy:
+                continue
+            if c.chunk_id in shadowed:
+                note("shadowed-chunk", "slot 0 is resident (its bytes are kept by the master): this chunk is left "
+                     "from a move into it that did not finish, and is never read", c)
                 continue
             if c.index * m.config.chunk_size >= size:
                 note("past-eof", f"chunk slot {c.index} lies past the end of the file ({size} bytes)", c)
@@ -128,7 +139,7 @@ class Fsck:
                 note(kind, f"server {sid}: {problem}", c, server_id=sid, version=c.version)
                 bad.setdefault(c.chunk_id, set()).add(sid)
         for c in places:
-            if c.chunk_id in busy or c.index * m.config.chunk_size >= files[c.inode].size:
+            if c.chunk_id in busy or c.chunk_id in shadowed or c.index * m.config.chunk_size >= files[c.inode].size:
                 continue
             good = [s for s in c.servers if m.registry.is_live(s) and s not in bad.get(c.chunk_id, set())]
             if not good:
@@ -271,6 +282,9 @@ class Fsck:
         for p in problems:
             if p.kind == "beyond-eof":
                 await self._cut(p, files)
+            elif p.kind == "shadowed-chunk":
+                p.repaired = await m.placement.drop_shadowed(p.inode or 0, p.chunk_id or 0)
+                p.note = "chunk dropped" if p.repaired else "left alone: its slot is being written or changed"
         # Copies: from the layout minus the replicas just dropped.
         fresh = await load_layout(m.db, m.config.chunk_size, list(files))
         budget = Budget(fresh.placed_bytes())

@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 import aiohttp
-from sqlalchemy import Connection, and_, bindparam, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, insert, select, update
 
 from dfs.client.chunkio import ChunkIO
 from dfs.errors import DfsError
@@ -173,9 +173,13 @@ class Placement:
                 # routine, one per new file: at INFO it made 98% of a busy master's log
                 log.debug("chunk %d (inode %d slot %d) placed on servers %s", grant.chunk_id, inode, index,
                           ",".join(str(s.id) for s in placed))
+            self.leases.put(grant)  # while the bytes move too: fsck and re-replication leave the chunk alone
             if data is not None:
-                await self._absorb(grant, data)
-            self.leases.put(grant)
+                try:
+                    await self._absorb(grant, data)
+                except BaseException:
+                    self.leases.drop_chunk(inode, index)  # the next ask moves them again
+                    raise
             return self._lease_reply(grant)
 
     async def _absorb(self, grant: Grant, data: bytes) -> None:
@@ -198,6 +202,27 @@ class Placement:
                                          f"{grant.chunk_id}; try again")
         log.info("inode %d: %d resident bytes moved into chunk %d v%d", grant.inode, len(data), grant.chunk_id,
                  grant.version)
+
+    async def drop_shadowed(self, inode: int, chunk_id: int) -> bool:
+        """fsck's repair of a chunk left in slot 0 by a move of resident bytes that did not finish:
+        the resident bytes stand for slot 0 and the chunk is never read, so it is forgotten (its
+        replicas queued for deletion) unless it is leased or the file changed meanwhile."""
+        async with self._lock:  # no grant (and so no move) of that slot meanwhile
+            if self.leases.get(inode, 0) is not None:
+                return False
+
+            def txn(conn: Connection) -> bool:
+                slot = _SLOT.first(conn, {"inode": inode, "idx": 0})
+                if slot is None or slot.chunk_id != chunk_id or resident.read(conn, inode) is None:
+                    return False
+                held = conn.execute(select(replicas.c.server_id, replicas.c.version)
+                                    .where(replicas.c.chunk_id == chunk_id)).all()
+                garbage.drop_replicas(conn, [(chunk_id, sid, version) for sid, version in held],
+                                      time.time() + self.config.gc_grace)
+                conn.execute(delete(chunks).where(chunks.c.chunk_id == chunk_id))
+                return True
+
+            return bool(await self.db.run_write(txn))
 
     def _lease_reply(self, grant: Grant) -> dict[str, Any]:
         """The lease with its tokens: `token` to write the chunk at its version (for the lease's

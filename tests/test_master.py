@@ -572,6 +572,21 @@ def test_resident_bytes_stay_when_they_cannot_move_into_a_chunk(api: Api) -> Non
     assert api.err("commit", inode=f, client="c1", size=3, resident=[{"offset": 0, "data_b64": _b64(b"x")}]) \
         == "EXDEV"
     assert _resident(api, f) == b"abc"
+    # fsck names that chunk (never read: the resident bytes stand for slot 0), and its repair forgets it
+    chunk_id = api("chunks", inode=f)["chunks"][0]["chunk_id"]
+
+    def shadowed(repair: bool) -> list[dict[str, Any]]:
+        status, report = http_json("POST", api.url + "/api/admin/fsck", {"path": "/", "repair": repair})
+        assert status == 200, report
+        return [p for p in report["problems"] if p["kind"] == "shadowed-chunk"]
+
+    [found] = shadowed(repair=False)
+    assert (found["inode"], found["chunk_id"], found.get("repaired")) == (f, chunk_id, None)
+    [fixed] = shadowed(repair=True)
+    assert fixed["repaired"] is True
+    assert api("chunks", inode=f)["chunks"] == [] and _resident(api, f) == b"abc" and shadowed(repair=False) == []
+    api("commit", inode=f, client="c1", size=3, resident=[{"offset": 0, "data_b64": _b64(b"x")}])  # kept again
+    assert _resident(api, f) == b"xbc"
 
 
 def test_lease_spreads_and_no_room(api: Api) -> None:
