@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ ROOT_INODE = 1
 
 #: Header of a chunk write naming the rest of the replication chain (comma-separated URLs).
 CHAIN_HEADER = "X-DFS-Chain"
+#: A client's session id on every master call (its `client_id`): whose folder delegations a call
+#: may use (docs/PROTOCOL.md "Folder delegations").
+SESSION_HEADER = "X-DFS-Client"
 
 #: Largest piece a client sends in one chunk write request; it keeps this much to retry with.
 WRITE_PIECE = 8 * 1024 * 1024
@@ -72,6 +76,20 @@ class Attr:
 
 
 _ATTR_FIELDS = tuple(Attr.__dataclass_fields__)
+
+
+def inherited(folder_mode: int, folder_gid: int, mode: int, gid: int, caller_uid: int,
+              in_group: Callable[[int], bool]) -> tuple[int, int]:
+    """The mode and group of a new inode in a folder: a setgid folder hands its group down (and, to
+    folders, the bit); a user outside that group loses the setgid bit of a file. The master and a
+    client creating in a delegated folder (docs/PROTOCOL.md "Folder delegations") both decide it here."""
+    if folder_mode & stat.S_ISGID:
+        gid = folder_gid
+        if stat.S_ISDIR(mode):
+            mode |= stat.S_ISGID
+        elif caller_uid and not in_group(folder_gid):
+            mode &= ~stat.S_ISGID
+    return mode, gid
 
 
 def file_kind(mode: int) -> str:

@@ -58,11 +58,15 @@ class Callers:
             self._groups[pid] = (groups, now + GROUPS_TTL)
         return groups
 
+    def who(self) -> tuple[int, int, tuple[int, ...]]:
+        """uid, gid and supplementary groups of the process behind the current request."""
+        uid, gid, pid = mfusepy.fuse_get_context()
+        return uid, gid, self._cached_groups(pid)
+
     def client(self) -> Client:
         if not self.enabled:
             return self.base
-        uid, gid, pid = mfusepy.fuse_get_context()
-        who = (uid, gid, self._cached_groups(pid))
+        who = self.who()
         view = self._views.get(who)
         if view is None:
             view = self.base.acting_for(*who)

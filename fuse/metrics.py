@@ -75,6 +75,13 @@ class MountCollector(Collector):
         yield GaugeMetricFamily("dfs_fuse_unsent_bytes", "Bytes written to open files and not yet on the "
                                 "chunkservers (buffered or being sent)", value=sum(f.unsent_bytes for f in files))
         yield GaugeMetricFamily("dfs_fuse_open_files", "Files open through the mount", value=len(files))
+        dirops = self.ops.dirops
+        if dirops is not None:
+            folders, pending = dirops.counts()
+            yield GaugeMetricFamily("dfs_fuse_delegated_folders", "Folders delegated to this mount: it creates "
+                                    "and removes in them without waiting for the master", value=folders)
+            yield GaugeMetricFamily("dfs_fuse_pending_changes", "Changes in delegated folders not yet sent to "
+                                    "the master", value=pending)
 
 
 def serve_metrics(port: int, ops: DfsOperations) -> Callable[[], None]:

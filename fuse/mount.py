@@ -225,10 +225,13 @@ def _wait_for_child(pid: int, read_end: int, mountpoint: Path) -> int:
 @click.option("--short-circuit/--no-short-circuit", envvar="DFS_SHORT_CIRCUIT", default=True, show_default=True,
               show_envvar=True, help="Read replicas on this host straight from their files (handed over by their "
                                      "chunkserver), not over HTTP.")
+@click.option("--delegations/--no-delegations", envvar="DFS_DELEGATIONS", default=True, show_default=True,
+              show_envvar=True, help="Create and remove files in folders this mount made without waiting for the "
+                                     "master (docs/PROTOCOL.md \"Folder delegations\"; needs a proxy or admin key).")
 def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tuple[str, ...], allow_other: bool,
                   read_only: bool, attr_timeout: float, entry_timeout: float, write_buffer: int, read_ahead: int,
                   memory_cap: int, master_timeout: float, log_file: Path | None, metrics_port: int | None,
-                  short_circuit: bool) -> None:
+                  short_circuit: bool, delegations: bool) -> None:
     """Mount the cluster at MOUNTPOINT.
 
     \b
@@ -242,7 +245,7 @@ def mount_command(master_url: str, mountpoint: Path, foreground: bool, extra: tu
         raise click.UsageError("--write-buffer must be at least 1MiB and --memory-cap at least twice it")
     options = MountOptions(attr_timeout=attr_timeout, entry_timeout=entry_timeout, write_buffer=write_buffer,
                            read_ahead=read_ahead, memory_cap=memory_cap, read_only=read_only,
-                           metrics_port=metrics_port, short_circuit=short_circuit)
+                           metrics_port=metrics_port, short_circuit=short_circuit, delegations=delegations)
     fuse_options: dict[str, Any] = {"fsname": "dfs", "subtype": "dfs", "default_permissions": True, "use_ino": True}
     if allow_other:
         fuse_options["allow_other"] = True

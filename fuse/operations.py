@@ -27,6 +27,7 @@ from mfusepy import FuseOSError
 
 from dfs.client.channel import run_inline
 from dfs.client.client import Client
+from dfs.client.dirops import DirOps, Identity
 from dfs.client.files import FileHandle
 from dfs.client.inlineio import Connections, inline_client
 from dfs.client.sync import LoopThread
@@ -102,6 +103,15 @@ class DfsOperations(mfusepy.Operations):
         self._told: dict[int, tuple[int, int]] = {}  # inode -> (size, mtime) the kernel was last given
         self._stamped: dict[int, float] = {}  # inode -> when this mount's last change to it was sent
         self._lock = threading.Lock()
+        #: creates and unlinks in folders this mount made, decided here (dfs/client/dirops.py): only when
+        #: it acts for its callers, so that the master checks each change as the user it was made for
+        self.dirops: DirOps | None = None
+        if act_for_callers and options.delegations and not options.read_only and client.channels is not None:
+            self.dirops = DirOps(client.channels, self.inline.master.headers, client.retry_for)
+            client.channels.before_call = client.master.before_call = self.dirops
+            client.dirops = self.dirops
+            self.dirops.on_refused = self._refused
+            self.dirops.on_answer = self._answered
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -137,6 +147,8 @@ class DfsOperations(mfusepy.Operations):
         if len(path.rsplit("/", 1)[1].encode("utf-8", "surrogateescape")) > NAME_MAX:
             raise FuseOSError(errno.ENAMETOOLONG)  # before the cache, whose complete folders would say ENOENT
         cached = self.names.lookup(path)
+        if cached is None and self.dirops is not None and self._missing_in_delegated(path):
+            cached = False
         # only an unknown name counts towards listing its folder: a known one (the folder's own
         # getattr after each unlink in it) costs one getattr, which a listing of its parent would not save
         if cached is None and self.names.inode_of(path) is None and self._folder_is_busy(path):
@@ -149,6 +161,30 @@ class DfsOperations(mfusepy.Operations):
         attr = self._fetch(path)
         self.names.put(path, attr)
         return attr
+
+    def _missing_in_delegated(self, path: str) -> bool:
+        """Whether `path` is known not to exist because its folder is delegated to this mount."""
+        assert self.dirops is not None
+        parent = self.names.inode_of(parent_of(path))
+        if parent is None or self.dirops.entry(parent, path.rsplit("/", 1)[1]) is not None:
+            return False
+        self.names.put_missing(path)
+        return True
+
+    def _identity(self) -> Identity:
+        """Who a change made here is for (what the master will check it as)."""
+        uid, gid, groups = self.callers.who()
+        return Identity(uid, gid, frozenset(groups))
+
+    def _refused(self, path: str, err: DfsError) -> None:
+        """The master refused a change this mount had made on its own: forget what we said of `path`
+        (the kernel's entry lives out its timeout: invalidating it from a request could deadlock)."""
+        self.names.forget_path(path)
+        self._entry_changed(path)
+
+    def _answered(self, path: str, attr: Attr) -> None:
+        """The master made a new inode with attributes other than those we gave: its are the truth."""
+        self.names.put_attr(attr)
 
     def _fetch(self, path: str) -> Attr:
         """`path`'s attributes from the master, as cheaply as what we know allows: by inode (the
@@ -286,6 +322,8 @@ class DfsOperations(mfusepy.Operations):
         invalidate = mfusepy._libfuse.fuse_invalidate_path
         invalidate.argtypes, invalidate.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
         self._fuse = mfusepy._libfuse.fuse_get_context().contents.fuse
+        if self.dirops is not None:
+            self.dirops.start()
         on_ready = getattr(self, "on_ready", None)
         if on_ready is not None:
             on_ready()
@@ -297,6 +335,8 @@ class DfsOperations(mfusepy.Operations):
             except DfsError as err:
                 log.error("inode %d: could not flush at unmount: %s", open_file.inode, err.message)
         self.chunk_connections.close()
+        if self.dirops is not None:
+            self.dirops.close()
 
     # ---- attributes ---------------------------------------------------------------------------
 
@@ -329,6 +369,8 @@ class DfsOperations(mfusepy.Operations):
         sent = time.monotonic()
         attr = self.meta(client.setattr(inode, **changes))
         self._stamp(attr.inode, sent)
+        if attr.is_dir and self.dirops is not None:
+            self.dirops.changed(attr)
         if attr.nlink > 1:
             self._other_names_changed(attr.inode, *([path] if path else []))
         if path is not None:
@@ -438,11 +480,29 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(path)
         uid, gid = self._caller()
-        attr = self.meta(self._me().mkdir(parent, name, stat.S_IMODE(mode), uid=uid, gid=gid))
+        attr = self._make(parent, name, stat.S_IFDIR | (stat.S_IMODE(mode) & ~self.client.umask), path)
+        if attr is None:
+            delegate = self.dirops is not None and self.dirops.listening
+            attr, delegated = self.meta(self._me().mkdir_delegated(parent, name, stat.S_IMODE(mode), uid=uid,
+                                                                    gid=gid, delegate=delegate))
+            self._added(parent, name, attr)
+            if delegated and self.dirops is not None:
+                self.dirops.adopt(attr)
         self._entry_added(parent, attr)
         self.names.put(path, attr)
         self.names.mark_complete(attr.inode)
         return 0
+
+    def _make(self, parent: int, name: str, mode: int, path: str, target: str = "") -> Attr | None:
+        """A new inode made here in a folder delegated to this mount, or None: ask the master."""
+        if self.dirops is None or self.dirops.folder(parent) is None:
+            return None
+        return self.dirops.make(parent, name, mode, self._identity(), path, target)
+
+    def _added(self, parent: int, name: str, attr: Attr) -> None:
+        """The master added `name` to `parent` for us: a delegated folder's entries follow."""
+        if self.dirops is not None:
+            self.dirops.added(parent, name, attr.inode, attr.is_dir)
 
     @fuse_op
     def mknod(self, path: str, mode: int, dev: int) -> int:
@@ -450,6 +510,7 @@ class DfsOperations(mfusepy.Operations):
         parent, name = self._split(path)
         uid, gid = self._caller()
         attr, _ = self.meta(self._me().create(parent, name, mode, exclusive=True, uid=uid, gid=gid, rdev=dev))
+        self._added(parent, name, attr)
         self._entry_added(parent, attr)
         self.names.put(path, attr)
         return 0
@@ -460,7 +521,10 @@ class DfsOperations(mfusepy.Operations):
         self._check_writable()
         parent, name = self._split(target)
         uid, gid = self._caller()
-        attr = self.meta(self._me().symlink_entry(parent, name, source, uid=uid, gid=gid))
+        attr = self._make(parent, name, stat.S_IFLNK | 0o777, target, source)
+        if attr is None:
+            attr = self.meta(self._me().symlink_entry(parent, name, source, uid=uid, gid=gid))
+            self._added(parent, name, attr)
         self._entry_added(parent, attr)
         self.names.put(target, attr)
         return 0
@@ -476,6 +540,7 @@ class DfsOperations(mfusepy.Operations):
         inode = self._attr(source).inode
         parent, name = self._split(target)
         attr = self.meta(self._me().link(inode, parent, name))
+        self._added(parent, name, attr)
         self._entry_added(parent, attr)
         self._other_names_changed(attr.inode, target)  # their nlink and ctime moved
         self._changed(target, attr)
@@ -494,6 +559,8 @@ class DfsOperations(mfusepy.Operations):
             return 0
         self._check_writable()
         parent, name = self._split(path)
+        if self._unlink_here(parent, name, path):
+            return 0
         attr = self._attr(path)
         self._removals += 1
         stamped = self.meta(self._me().unlink(parent, name, held=self._held()))
@@ -506,11 +573,37 @@ class DfsOperations(mfusepy.Operations):
             self._other_names_changed(attr.inode)
         return 0
 
+    def _unlink_here(self, parent: int, name: str, path: str) -> bool:
+        """Unlink `path` in a folder delegated to this mount, without the master: whether it was."""
+        if self.dirops is None:
+            return False
+        entry = self.dirops.entry(parent, name)
+        if entry is False:
+            return False
+        if entry is None:
+            raise FuseOSError(errno.ENOENT)
+        inode, is_dir = entry  # type: ignore[misc]
+        if is_dir:
+            raise FuseOSError(errno.EISDIR)
+        cached = self.names.attr(inode)
+        self._removals += 1
+        stamped = self.dirops.remove(parent, name, self._held(), self._identity(), path)
+        if stamped is None:
+            return False
+        self.names.folder_stamped(parent, stamped)
+        self.names.removed(path)
+        if cached is not None and cached.nlink > 1:
+            self._other_names_changed(inode)
+        return True
+
     @fuse_op
     def rmdir(self, path: str) -> int:
         self._check_writable()
         parent, name = self._split(path)
+        gone = self.names.inode_of(path)
         self.meta(self._me().rmdir(parent, name))
+        if self.dirops is not None:
+            self.dirops.removed(parent, name, gone)
         self._entry_changed(path)
         self.names.forget_tree(path)
         self.names.put_missing(path)
@@ -529,6 +622,11 @@ class DfsOperations(mfusepy.Operations):
         self._removals += 1
         self.meta(self._me().rename_entry(parent, name, new_parent, new_name, noreplace=bool(flags & RENAME_NOREPLACE),
                                           exchange=bool(flags & RENAME_EXCHANGE), held=self._held()))
+        if self.dirops is not None:
+            known = self.names.attr(moved) if moved is not None else None
+            self.dirops.renamed(parent, name, new_parent, new_name,
+                                (known.inode, known.is_dir) if known is not None else None,
+                                bool(flags & RENAME_EXCHANGE))
         for path in (old, new):
             self._entry_changed(path)
             self.names.forget_tree(path)
@@ -587,7 +685,10 @@ class DfsOperations(mfusepy.Operations):
         self._dirs.pop(_fh(fh), None)
         return 0
 
+    @fuse_op
     def fsyncdir(self, path: str | None, datasync: int, fh: Any) -> int:
+        if self.dirops is not None:  # the folder's changes made here, on the master's disk
+            self.dirops.flush()
         return 0
 
     @fuse_op
@@ -630,7 +731,14 @@ class DfsOperations(mfusepy.Operations):
         uid, gid = self._caller()
         exclusive = bool(fi.flags & os.O_EXCL) if fi is not None else True
         sent = time.monotonic()
-        attr, created = self.meta(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        attr = self._make(parent, name, kind | (stat.S_IMODE(mode) & ~self.client.umask), path)
+        if attr is not None:
+            created = True
+        else:
+            attr, created = self.meta(self._me().create(parent, name, mode, exclusive=exclusive, uid=uid, gid=gid))
+            if created:
+                self._added(parent, name, attr)
         if created:
             self._stamp(attr.inode, sent)
             self._entry_added(parent, attr)
@@ -698,6 +806,8 @@ class DfsOperations(mfusepy.Operations):
     def fsync(self, path: str | None, datasync: int, fh: Any) -> int:
         open_file = self._open_file(fh)
         open_file.flush(durable=True)
+        if self.dirops is not None:  # its create (and a small file's bytes) may wait for a batch
+            self.dirops.flush()
         self.names.put_attr(open_file.handle.attr)
         return 0
 

@@ -15,3 +15,4 @@ class MountOptions:
     read_only: bool = False
     metrics_port: int | None = None  # serve /metrics on 127.0.0.1 (fuse/metrics.py)
     short_circuit: bool = True  # read replicas on this host from their files (dfs/client/localread.py)
+    delegations: bool = True  # create and unlink in folders it made on its own (dfs/client/dirops.py)

@@ -16,6 +16,9 @@ from dfs.apispec import Field, Fields, array, boolean, integer, number, obj, req
 from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, MAX_LIST_ITEMS, UID_MAX
 from dfs.names import CLUSTER_PATH_MAX, NAME_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, MAX_RESIDENT, Attr
+from master.batch import KINDS, MAX_CHANGES
+from master.delegations import MAX_WAIT
+from master.inode_ids import RESERVE_MAX
 from master.keys import SCOPES
 from master.servers import BAD_PROBLEMS
 from master.xattrs import XATTR_SIZE_MAX
@@ -81,6 +84,10 @@ MAX_MOVES_FIELD = integer(1, MAX_MOVES, default=MAX_MOVES, description="Moves at
 B64_MAX = (XATTR_SIZE_MAX + 3) * 4 // 3 + 8
 RESIDENT_B64_MAX = (MAX_RESIDENT + 3) * 4 // 3 + 8
 MAX_RESIDENT_EXTENTS = 1024  # pieces of resident bytes in one commit
+RESIDENT_PIECES = array(obj({"offset": integer(0, MAX_RESIDENT, required=True),
+                             "data_b64": string(RESIDENT_B64_MAX, required=True, description="Base64.")}),
+                        MAX_RESIDENT_EXTENTS, "The written bytes themselves, for the master to keep (a small file "
+                        "with no chunk: docs/PROTOCOL.md \"Resident data\"); EXDEV when it will not.")
 
 # -- /api/<op> ---------------------------------------------------------------------------------------------------
 
@@ -106,7 +113,39 @@ OPS: dict[str, Op] = {
         "atime_now": boolean(False, "Set atime to now (UTIME_NOW: write permission is enough)."),
         "mtime_now": boolean(False, "Set mtime to now (UTIME_NOW).")}, WITH_ATTR),
     "mkdir": Op("Make a folder", {"parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o755),
-                                "uid": ID, "gid": ID}, WITH_ATTR),
+                                "uid": ID, "gid": ID,
+                                "delegate": boolean(False, "Delegate the new folder to the caller's session "
+                                                    "(docs/PROTOCOL.md \"Folder delegations\").")},
+                {"type": "object", "properties": {"attr": ATTR, "delegated": {"type": "boolean"}},
+                 "required": ["attr"]}),
+    "reserve": Op("Inode numbers for the caller's session to give the files it creates in its delegated folders", {
+        "count": integer(1, RESERVE_MAX, required=True)},
+        reply(inodes={"type": "array", "items": {"type": "integer"}})),
+    "batch": Op("Changes the caller's session made in its delegated folders, in order", {
+        "changes": array(obj({
+            "op": string(16, required=True, enum=KINDS),
+            "parent": integer(1, INT64_MAX, description="The folder (all but commit)."),
+            "name": string(NAME_MAX, min_length=1, plain=False, too_large=errno.ENAMETOOLONG,
+                           description="The entry (all but commit)."),
+            "inode": integer(0, INT64_MAX, default=0, description="A new inode's number (from `reserve`); the "
+                             "file a commit is of."),
+            "time_ns": integer(0, INT64_MAX, default=0, description="A new inode's times and the folder's new "
+                               "mtime; a commit's ctime."),
+            "mode": integer(0, 0o177777, description="A new inode's mode; the permission bits a commit sets."),
+            "uid": ID, "gid": ID,
+            "target": string(PATH_MAX, default="", plain=False, too_large=errno.ENAMETOOLONG,
+                             description="A symlink's target."),
+            "held": HELD, "size": SIZE, "mtime_ns": TIME, "atime_ns": TIME,
+            "resident": RESIDENT_PIECES,
+            "as": obj({"uid": integer(0, UID_MAX, required=True), "gid": integer(0, UID_MAX, required=True),
+                       "groups": array(integer(0, UID_MAX), 1000)},
+                      "The user who made the change (a proxy or admin key's batch only); default: the caller.")}),
+            MAX_CHANGES),
+        "release": array(integer(1, INT64_MAX), MAX_LIST_ITEMS, "Delegated folders given back after these changes.")},
+        reply(answers={"type": "array", "items": {"type": "object"}})),
+    "recalls": Op("Wait for the delegated folders the caller's session must give back", {
+        "wait": integer(0, int(MAX_WAIT), required=True, description="Seconds to wait for one.")},
+        reply(folders={"type": "array", "items": {"type": "integer"}})),
     "create": Op("Create a file (or a special file with S_IF* bits in mode)", {
         "parent": inode(), "name": name(), "mode": integer(0, 0o177777, default=0o644), "uid": ID, "gid": ID,
         "exclusive": boolean(False), "goal": integer(1, MAX_GOAL, description="Replication goal."),
@@ -151,10 +190,7 @@ OPS: dict[str, Op] = {
         "mode": integer(0, 0o777, description="New permission bits (rwx only) set since the write, with it: "
                         "the owner or root only."),
         "release": boolean(True),
-        "resident": array(obj({"offset": integer(0, MAX_RESIDENT, required=True),
-                               "data_b64": string(RESIDENT_B64_MAX, required=True, description="Base64.")}),
-                          MAX_RESIDENT_EXTENTS, "The written bytes themselves, for the master to keep (a small file "
-                          "with no chunk: docs/PROTOCOL.md \"Resident data\"); EXDEV when it will not.")}, WITH_ATTR),
+        "resident": RESIDENT_PIECES}, WITH_ATTR),
     "report": Op("A client found a bad replica", {
         "chunk_id": inode("Chunk id."), "server_id": inode("Server id."),
         "version": integer(0, INT64_MAX, required=True),

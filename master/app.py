@@ -23,7 +23,7 @@ from dfs.errors import DfsError
 from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, UID_MAX
 from dfs.metrics import metrics_middleware
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
-from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, MAX_RESIDENT
+from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, MAX_RESIDENT, SESSION_HEADER
 from dfs.tokens import AUTH_HEADER, AUTH_SCHEME, RequestVerifier
 from dfs.web import (
     MAX_JSON_BODY,
@@ -36,14 +36,17 @@ from dfs.web import (
     read_body,
     read_json,
 )
-from master import api_schema
+from master import api_schema, inode_ids
 from master.admin_api import add_admin_routes, add_openapi
 from master.api_schema import MAX_REPORTED_CHUNKS, MAX_RESIDENT_EXTENTS
 from master.auth import INSECURE_WARNING, KEYS, add_auth, auth_middleware, caller_of
+from master.batch import MAX_CHANGES, Change, DirBatch
 from master.channel import add_channel
 from master.config import MasterConfig
 from master.dashboard import add_dashboard_routes
 from master.db import Database
+from master.delegations import MAX_WAIT, Delegations, connection_alive
+from master.inode_ids import Reservations
 from master.keys import KeyStore
 from master.leases import LeaseTable
 from master.metrics import add_master_metrics
@@ -77,6 +80,9 @@ class Master:
     replicator: Replicator  # copy_replica (master/replication.py)
     repair: Repair  # re-replication job (master/repair.py)
     recovery: LeaseRecovery  # lease recovery job (master/recovery.py)
+    delegations: Delegations  # folders clients change on their own for a while
+    reservations: Reservations  # inode numbers handed to clients ahead of time
+    batch: DirBatch  # what they send of those changes
 
 
 CONFIG_KEY = web.AppKey("config", MasterConfig)
@@ -84,6 +90,7 @@ MASTER_KEY = web.AppKey("master", Master)
 VERIFIER = web.AppKey("verifier", RequestVerifier)
 
 Op = Callable[[Master, Params, Caller], Awaitable[dict[str, Any]]]
+SessionOp = Callable[[Master, Params, Caller, str], Awaitable[dict[str, Any]]]
 
 
 # -- field readers --------------------------------------------------------------------------------
@@ -162,10 +169,57 @@ async def op_setattr(m: Master, p: Params, c: Caller) -> dict[str, Any]:
     return {"attr": attr_json(attr)}
 
 
-async def op_mkdir(m: Master, p: Params, c: Caller) -> dict[str, Any]:
+async def op_mkdir(m: Master, p: Params, c: Caller, session: str) -> dict[str, Any]:
     attr = await m.namespace.mkdir(_inode(p, "parent"), _name(p), p.int("mode", 0o755, minimum=0, maximum=0o177777),
                                    _id(p, "uid"), _id(p, "gid"), caller=c)
-    return {"attr": attr_json(attr)}
+    reply: dict[str, Any] = {"attr": attr_json(attr)}
+    if p.bool("delegate", False):
+        reply["delegated"] = m.delegations.grant(session, attr.inode)
+    return reply
+
+
+# -- folder delegations (master/delegations.py) ---------------------------------------------------
+
+async def op_reserve(m: Master, p: Params, c: Caller, session: str) -> dict[str, Any]:
+    count = int(p.int("count", minimum=1, maximum=inode_ids.RESERVE_MAX))
+    if not session or not inode_ids.supported(m.db.dialect):
+        return {"inodes": []}
+    numbers = await m.db.run_write(lambda conn: inode_ids.reserve(conn, count))
+    m.reservations.add(session, numbers)
+    return {"inodes": numbers}
+
+
+def _change(item: Params, c: Caller) -> Change:
+    """One change of a batch (its fields passed the request table), made by `c` or by the user it names in
+    `as` (a proxy key's batch carries the changes of every user of a mount, each checked as that user)."""
+    who = c
+    if item.data.get("as") is not None:
+        if not c.proxy:
+            raise DfsError(errno.EACCES, "only a proxy or admin key may send changes made by other users ('as')")
+        made_by = Params(item.data["as"], typed=True)
+        who = Caller(_id(made_by, "uid"), _id(made_by, "gid"), frozenset(made_by.int_list("groups", [])))
+    if item.str("op") == "commit":
+        return Change(op="commit", inode=_inode(item), time_ns=int(item.int("time_ns", 0)),
+                      mode=item.int("mode", None), size=int(item.int("size", 0)), mtime_ns=_time(item, "mtime_ns"),
+                      atime_ns=_time(item, "atime_ns"), resident=_resident(item) or [], who=who)
+    return Change(op=str(item.str("op")), parent=_inode(item, "parent"), name=_name(item),
+                  inode=int(item.int("inode", 0)), time_ns=int(item.int("time_ns", 0)), mode=int(item.int("mode", 0)),
+                  uid=_id(item, "uid"), gid=_id(item, "gid"), target=str(item.str("target", "")),
+                  held=frozenset(item.int_list("held", [])), who=who)
+
+
+async def op_batch(m: Master, p: Params, c: Caller, session: str) -> dict[str, Any]:
+    changes = [_change(item, c) for item in _items(p, "changes", MAX_CHANGES)]
+    answers = await m.batch.apply(session, changes)
+    m.delegations.release(session, p.int_list("release", []))
+    return {"answers": answers}
+
+
+async def op_recalls(m: Master, p: Params, c: Caller, session: str) -> dict[str, Any]:
+    if not session:
+        raise DfsError(errno.EINVAL, f"recalls needs the {SESSION_HEADER} header")
+    wait = float(p.int("wait", minimum=0, maximum=int(MAX_WAIT)))
+    return {"folders": await m.delegations.recalls(session, wait, connection_alive.get())}
 
 
 async def op_create(m: Master, p: Params, c: Caller) -> dict[str, Any]:
@@ -320,22 +374,68 @@ async def op_goodbye(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 
 OPS: dict[str, Op] = {
     "resolve": op_resolve, "lookup": op_lookup, "getattr": op_getattr, "setattr": op_setattr,
-    "mkdir": op_mkdir, "create": op_create, "readdir": op_readdir, "unlink": op_unlink, "forget": op_forget,
+    "create": op_create, "readdir": op_readdir, "unlink": op_unlink, "forget": op_forget,
     "rmdir": op_rmdir,
     "rename": op_rename, "link": op_link, "symlink": op_symlink, "readlink": op_readlink, "statfs": op_statfs,
     "getxattr": op_getxattr, "setxattr": op_setxattr, "listxattr": op_listxattr, "removexattr": op_removexattr,
     "chunks": op_chunks, "lease": op_lease, "commit": op_commit, "report": op_report,
     "cs/register": op_register, "cs/heartbeat": op_heartbeat, "cs/goodbye": op_goodbye,
 }
+#: Calls that need the caller's session (SESSION_HEADER).
+SESSION_OPS: dict[str, SessionOp] = {"mkdir": op_mkdir, "reserve": op_reserve, "batch": op_batch,
+                                     "recalls": op_recalls}
+#: Calls that may reach any folder (a path walk, or an entry that may be a folder of its own): every
+#: folder delegated to another session is recalled first.
+ANY_FOLDER = {"resolve", "rename", "rmdir"}
+#: Calls that touch no folder's entries or attributes.
+NO_FOLDER = {"statfs", "report", "reserve", "recalls", "chunks", "lease", "commit", "readlink",
+             "cs/register", "cs/heartbeat", "cs/goodbye"}
+#: Calls that only read, whose answer may show a folder delegated to another session: asked again after a recall.
+READS = {"lookup", "getattr", "readdir"}
 
 
-def _handler(op: Op, name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _touched(name: str, p: Params) -> list[int] | None:
+    """The folders (and other inodes) a call names, None for any folder."""
+    if name in ANY_FOLDER:
+        return None
+    data = p.data
+    if name == "batch":
+        return [item["parent"] for item in data.get("changes", ()) if isinstance(item, dict) and "parent" in item]
+    return [value for key in ("parent", "new_parent", "inode") if isinstance(value := data.get(key), int)]
+
+
+def _shown(reply: dict[str, Any]) -> list[int]:
+    """The inodes whose attributes a read's answer shows."""
+    if "entries" in reply:
+        return [entry["attr"]["inode"] for entry in reply["entries"]]
+    return [reply["attr"]["inode"]] if "attr" in reply else []
+
+
+async def run_op(m: Master, name: str, params: Params, caller: Caller, session: str) -> dict[str, Any]:
+    """One call, once no other session holds a folder it touches (master/delegations.py)."""
+    delegations = m.delegations
+    if len(delegations) and name not in NO_FOLDER:
+        await delegations.settle(session, _touched(name, params))
+    if name in SESSION_OPS:
+        return await SESSION_OPS[name](m, params, caller, session)
+    reply = await OPS[name](m, params, caller)
+    if len(delegations) and name in READS:
+        shown = delegations.others(session, _shown(reply))
+        if shown:  # it answered with a folder someone else is changing: once that is settled, again
+            await delegations.settle(session, shown)
+            reply = await OPS[name](m, params, caller)
+    return reply
+
+
+def _handler(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
     fields = api_schema.OPS[name].fields  # the request table: checked here, published in /openapi.json
-    limit = MAX_REGISTER_BODY if name == "cs/register" else MAX_JSON_BODY
 
     async def handle(request: web.Request) -> web.Response:
-        params = checked(await read_json(request, limit), fields)
-        return web.json_response(await op(request.app[MASTER_KEY], params, caller_of(request)))
+        params = checked(await read_json(request, MAX_JSON_BODY), fields)
+        transport = request.transport
+        connection_alive.set(lambda: transport is not None and not transport.is_closing())
+        return web.json_response(await run_op(request.app[MASTER_KEY], name, params, caller_of(request),
+                                              request.headers.get(SESSION_HEADER, "")))
 
     return handle
 
@@ -364,7 +464,7 @@ async def status(request: web.Request) -> web.Response:
     servers = m.registry.summary()
     return web.json_response({
         "servers": servers, "servers_live": sum(1 for s in servers if s["state"] == "live"),
-        **await m.namespace.counts(), "leases": len(m.leases),
+        **await m.namespace.counts(), "leases": len(m.leases), "delegated_folders": len(m.delegations),
         "chunk_size": m.config.chunk_size, "goal": m.config.goal, "resident_max": m.config.resident_max,
         "repair": m.repair.status(), "recovery": m.recovery.status(),
         **({"insecure": True, "warning": INSECURE_WARNING} if m.config.insecure else {}),
@@ -402,7 +502,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         repair = Repair(db, config, registry, leases, replicator)
         recovery = LeaseRecovery(db, config, registry, leases, session)
         placement = Placement(db, config, registry, leases, session)
-        master = Master(config, db, registry, leases, namespace, placement, Xattrs(db), replicator, repair, recovery)
+        delegations, reservations = Delegations(config.recall_timeout), Reservations()
+        if inode_ids.supported(db.dialect):
+            reservations.boot = await db.run_read(inode_ids.high_water)
+        master = Master(config, db, registry, leases, namespace, placement, Xattrs(db), replicator, repair, recovery,
+                        delegations, reservations, DirBatch(db, namespace, placement, delegations, reservations))
         app[MASTER_KEY] = master
         async with (background(_housekeeping(master), "housekeeping"),
                     background(repair.run_forever(), "re-replication"),
@@ -424,11 +528,14 @@ def create_app(config: MasterConfig) -> web.Application:
         log.warning(INSECURE_WARNING)
     app.cleanup_ctx.append(_resources)
     app[VERIFIER] = RequestVerifier(config.load_keys())
-    if OPS.keys() != api_schema.OPS.keys():
-        raise RuntimeError(f"master/api_schema.py OPS differ from the handlers: {OPS.keys() ^ api_schema.OPS.keys()}")
-    for name, op in OPS.items():
-        make = _chunkserver_handler if name.startswith("cs/") else _handler
-        app.router.add_post(f"/api/{name}", make(op, name))
+    handled = OPS.keys() | SESSION_OPS.keys()
+    if handled != api_schema.OPS.keys():
+        raise RuntimeError(f"master/api_schema.py OPS differ from the handlers: {handled ^ api_schema.OPS.keys()}")
+    for name in handled:
+        if name.startswith("cs/"):
+            app.router.add_post(f"/api/{name}", _chunkserver_handler(OPS[name], name))
+        else:
+            app.router.add_post(f"/api/{name}", _handler(name))
     app.router.add_get("/api/status", status)
     add_admin_routes(app)  # /api/admin/...: status, balance, decommission, fsck, setrep (master/admin_api.py)
     # chunk_size: clients learn it before they are authenticated (the gateway has no key of its own)
@@ -436,8 +543,8 @@ def create_app(config: MasterConfig) -> web.Application:
                                        **({"insecure": True} if config.insecure else {})})
     add_openapi(app)  # GET /openapi.json, from master/api_schema.py
 
-    async def dispatch(name: str, params: Params, caller: Caller) -> dict[str, Any]:
-        return await OPS[name](app[MASTER_KEY], params, caller)
+    async def dispatch(name: str, params: Params, caller: Caller, session: str) -> dict[str, Any]:
+        return await run_op(app[MASTER_KEY], name, params, caller, session)
 
     add_channel(app, dispatch)  # GET /api/channel: the same calls over a WebSocket (master/channel.py)
     add_dashboard_routes(app, config.gateway_url)  # / and /dashboard/: the web page (master/dashboard)

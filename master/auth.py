@@ -14,6 +14,7 @@ import errno
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -33,7 +34,7 @@ PUBLIC_PATHS = {"/", "/health", "/metrics", "/openapi.json", "/api/cs/register",
 PUBLIC_PREFIX = "/dashboard/"
 #: Namespace and placement calls that change nothing: a read-only (ro) key may make them.
 READ_OPS = {"resolve", "lookup", "getattr", "readdir", "readlink", "statfs", "getxattr", "listxattr", "chunks",
-            "report", "status", "whoami", "dashboard", "channel"}
+            "report", "status", "whoami", "dashboard", "channel", "recalls"}
 INSECURE_WARNING = ("INSECURE: --insecure is on: requests need no access key and act as root (or as whoever "
                     "they claim to be); never use it outside local experiments")
 
@@ -75,7 +76,7 @@ def authenticate(app: web.Application, headers: Mapping[str, str], path: str) ->
         raise DfsError(errno.EACCES, f"access key {record.name if record else ''!r} has scope {scope}; "
                                      f"{path} needs {need}")
     if claimed is None:
-        return record, record.caller if record else ROOT
+        return record, replace(record.caller if record else ROOT, proxy=RANK[scope] >= RANK["proxy"])
     if RANK[scope] < RANK["proxy"]:
         raise DfsError(errno.EACCES, f"access key {record.name if record else ''!r} (scope {scope}) may not act "
                                      "for other users: only proxy and admin keys send X-DFS-Uid")

@@ -33,9 +33,11 @@ from multidict import CIMultiDict
 from dfs.apispec import checked
 from dfs.errors import DfsError
 from dfs.metrics import REQUEST_SECONDS, REQUESTS
+from dfs.protocol import SESSION_HEADER
 from dfs.web import MAX_JSON_BODY, Params, parse_json
 from master import api_schema
 from master.auth import KEYS, authenticate
+from master.delegations import connection_alive
 from master.keys import KeyRecord
 from master.permissions import Caller
 
@@ -45,7 +47,7 @@ PATH = "/api/channel"
 #: Calls a channel may not carry: the chunkservers' own (signed) calls.
 _REFUSED_PREFIX = "cs/"
 
-Dispatch = Callable[[str, Params, Caller], Awaitable[dict[str, Any]]]
+Dispatch = Callable[[str, Params, Caller, str], Awaitable[dict[str, Any]]]
 
 
 def _headers(value: Any) -> CIMultiDict[str]:
@@ -111,7 +113,11 @@ async def answer(app: web.Application, raw: str, dispatch: Dispatch, callers: Ca
         if body is not None and not isinstance(body, dict):
             raise DfsError(errno.EINVAL, "'body' must be a JSON object")
         params = checked(Params(body or {}, typed=True), api_schema.OPS[name].fields)
-        reply: dict[str, Any] = {"id": call_id, "status": 200, "body": await dispatch(name, params, caller)}
+        headers = message.data.get("headers")
+        session = headers.get(SESSION_HEADER, "") if isinstance(headers, dict) else ""
+        if not isinstance(session, str):
+            raise DfsError(errno.EINVAL, f"{SESSION_HEADER} must be a string")
+        reply: dict[str, Any] = {"id": call_id, "status": 200, "body": await dispatch(name, params, caller, session)}
     except DfsError as err:
         reply = {"id": call_id, "status": err.status, "body": err.to_json()}
     except Exception:
@@ -130,13 +136,19 @@ def add_channel(app: web.Application, dispatch: Dispatch) -> None:
         if not ws.can_prepare(request).ok:
             raise DfsError(errno.EINVAL, f"{PATH} is a WebSocket: send an Upgrade request (docs/PROTOCOL.md)")
         await ws.prepare(request)
+        transport = request.transport
+        connection_alive.set(lambda: transport is not None and not transport.is_closing() and not ws.closed)
         open_channels.add(ws)
         callers = Callers()
         async for message in ws:
             if message.type != WSMsgType.TEXT:
                 await ws.close(code=WSCloseCode.UNSUPPORTED_DATA, message=b"text messages only")
                 break
-            await ws.send_str(await answer(request.app, message.data, dispatch, callers))
+            reply = await answer(request.app, message.data, dispatch, callers)
+            try:
+                await ws.send_str(reply)
+            except ConnectionResetError:  # the client went away while its call ran (a long `recalls`)
+                break
         return ws
 
     async def close_channels(_: web.Application) -> None:

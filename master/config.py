@@ -32,6 +32,7 @@ class MasterConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     keys: ClusterKeys | None = field(default=None, repr=False)  # from the secret (load_keys)
+    recall_timeout: float = 10.0  # seconds a client may take to give back a delegated folder (master/delegations.py)
     insecure: bool = False  # no access keys required (master/auth.py): local experiments only
 
     @property

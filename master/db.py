@@ -87,7 +87,8 @@ class Database:
         if parsed.drivername == "postgresql":  # SQLAlchemy's default driver is not an async one
             parsed = parsed.set(drivername="postgresql+asyncpg")
         self.url = parsed
-        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.dialect = parsed.get_backend_name()  # "sqlite", "postgresql", ...
+        self.is_sqlite = self.dialect == "sqlite"
         self.sync_engine: Engine | None = None
         self.async_engine: AsyncEngine | None = None
         if self.is_sqlite:

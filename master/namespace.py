@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dfs.errors import DfsError
 from dfs.names import PATH_MAX, encoded, split_path, validate_name
-from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, ROOT_INODE, Attr
+from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, ROOT_INODE, Attr, inherited
 from master import garbage, resident
 from master.config import MasterConfig
 from master.db import Database
@@ -46,6 +46,14 @@ MAX_DEPTH = 100_000  # guard on walks up the tree
 S_IFMT = 0o170000
 ATTR_FIELDS = tuple(f for f in Attr.__dataclass_fields__ if f != "inode")
 MKNOD_TYPES = (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK)
+
+
+@dataclass(frozen=True, slots=True)
+class NewInode:
+    """The number and time of an inode a client made in a delegated folder (master/batch.py)."""
+
+    inode: int
+    time_ns: int
 
 
 _FIELDS = tuple(Attr.__dataclass_fields__)
@@ -85,6 +93,8 @@ _TOUCH_DIR = Prepared(update(inodes).where(_BY_ID).values(
     mtime_ns=bindparam("now"), ctime_ns=bindparam("now"), nlink=inodes.c.nlink + bindparam("delta")))
 _INSERT_INODE = Prepared(insert(inodes).values({c.key: bindparam(c.key) for c in inodes.c if c is not inodes.c.id})
                          .returning(inodes.c.id))
+_INSERT_INODE_AT = Prepared(insert(inodes).values({c.key: bindparam("inode" if c is inodes.c.id else c.key)
+                                                   for c in inodes.c}))
 _INSERT_ENTRY = Prepared(insert(dentries).values(parent=bindparam("parent"), name=bindparam("name"),
                                                  inode=bindparam("inode")))
 _DELETE_ENTRY = Prepared(delete(dentries).where(*_ENTRY))
@@ -292,34 +302,39 @@ class Namespace:
             require(caller, folder, X_OK)
         return folder, row
 
-    def _new_name(self, conn: Connection, parent: int, name: str, values: dict[str, Any], caller: Caller) -> Attr:
+    def _new_name(self, conn: Connection, parent: int, name: str, values: dict[str, Any], caller: Caller,
+                  at: NewInode | None = None) -> Attr:
         """`_new_entry` for a name that must be new: EEXIST if the folder has it."""
         folder, existing = self._lookup_in(conn, parent, name, caller)
         if existing is not None:
             raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
-        return self._new_entry(conn, parent, name, values, caller, folder)
+        return self._new_entry(conn, parent, name, values, caller, folder, at)
 
     def _new_entry(self, conn: Connection, parent: int, name: str, values: dict[str, Any],
-                   caller: Caller, folder: Any) -> Attr:
+                   caller: Caller, folder: Any, at: NewInode | None = None) -> Attr:
         """Insert an inode and its entry in directory `parent` (its row `folder`), which the caller may
-        search and found without `name` in this transaction."""
-        now = time.time_ns()
+        search and found without `name` in this transaction. `at`: the inode number and time a client
+        chose in a delegated folder (master/delegations.py); otherwise the next number, and now."""
+        now = time.time_ns() if at is None else at.time_ns
         is_dir = stat.S_ISDIR(values["mode"])
         if caller.uid:  # a user's new inodes are theirs, whatever the request says; root may choose
             require(caller, folder, W_OK | X_OK)
             values["uid"], values["gid"] = caller.uid, caller.gid
-        if folder.mode & stat.S_ISGID:  # a setgid folder hands its group (and, to folders, the bit) down
-            values["gid"] = folder.gid
-            if is_dir:
-                values["mode"] |= stat.S_ISGID
-            elif caller.uid and not caller.in_group(folder.gid):
-                values["mode"] &= ~stat.S_ISGID
+        values["mode"], values["gid"] = inherited(folder.mode, folder.gid, values["mode"], values["gid"],
+                                                  caller.uid, caller.in_group)
         if values.get("goal") is None:  # goals are inherited from the folder, as in MooseFS
             values["goal"] = folder.goal
         touch_dir(conn, parent, now, int(is_dir))
         values = {"atime_ns": now, "mtime_ns": now, "ctime_ns": now, "uid": 0, "gid": 0, "size": 0,
                   "rdev": 0, "target": None, **values}
-        inode = int(_INSERT_INODE.scalar(conn, values))
+        if at is None:
+            inode = int(_INSERT_INODE.scalar(conn, values))
+        else:
+            inode = at.inode
+            try:
+                _INSERT_INODE_AT.run(conn, {**values, "inode": inode})
+            except IntegrityError:
+                raise DfsError(errno.EINVAL, f"inode number {inode} is taken") from None
         try:
             _INSERT_ENTRY.run(conn, {"parent": parent, "name": name, "inode": inode})
         except IntegrityError:  # a concurrent creator won (databases without the global write lock)
@@ -328,53 +343,62 @@ class Namespace:
 
     async def mkdir(self, parent: int, name: str, mode: int, uid: int, gid: int, *, caller: Caller = ROOT) -> Attr:
         validate_name(name)
+        return await self.db.run_write(lambda conn: self.mkdir_in(conn, parent, name, mode, uid, gid, caller))
 
-        def txn(conn: Connection) -> Attr:
-            values = {"mode": stat.S_IFDIR | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 2, "goal": None}
-            return self._new_name(conn, parent, name, values, caller)
+    def mkdir_in(self, conn: Connection, parent: int, name: str, mode: int, uid: int, gid: int, caller: Caller,
+                 at: NewInode | None = None) -> Attr:
+        """mkdir's transaction (`name` already validated)."""
+        values = {"mode": stat.S_IFDIR | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 2, "goal": None}
+        return self._new_name(conn, parent, name, values, caller, at)
 
-        return await self.db.run_write(txn)
-
-    async def create(self, parent: int, name: str, mode: int, uid: int, gid: int, exclusive: bool,
-                     goal: int | None = None, rdev: int = 0, *, caller: Caller = ROOT) -> tuple[Attr, bool]:
+    @staticmethod
+    def check_create(name: str, mode: int, goal: int | None, caller: Caller) -> int:
+        """What create's arguments must be (before its transaction): the file type it makes."""
         validate_name(name)
         kind = stat.S_IFMT(mode) or stat.S_IFREG
         if kind not in MKNOD_TYPES:
             raise DfsError(errno.EINVAL, f"create cannot make a {oct(kind)} (use mkdir or symlink)")
         if goal is not None and not 1 <= goal <= MAX_GOAL:
             raise DfsError(errno.EINVAL, f"goal must be between 1 and {MAX_GOAL}")
-
         if caller.uid and kind in (stat.S_IFCHR, stat.S_IFBLK):
             raise DfsError(errno.EPERM, "only root may make device files")
+        return kind
 
-        def txn(conn: Connection) -> tuple[Attr, bool]:
-            folder, existing = self._lookup_in(conn, parent, name, caller)
-            if existing is not None:
-                if exclusive:
-                    raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
-                if stat.S_ISDIR(existing.mode):
-                    raise DfsError(errno.EISDIR, f"{name!r} in directory {parent} is a directory")
-                if not stat.S_ISREG(existing.mode) or kind != stat.S_IFREG:
-                    raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
-                return to_attr(existing), False
-            values = {"mode": kind | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 1,
-                      "goal": goal,
-                      "rdev": rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0}
-            return self._new_entry(conn, parent, name, values, caller, folder), True
+    async def create(self, parent: int, name: str, mode: int, uid: int, gid: int, exclusive: bool,
+                     goal: int | None = None, rdev: int = 0, *, caller: Caller = ROOT) -> tuple[Attr, bool]:
+        self.check_create(name, mode, goal, caller)
+        return await self.db.run_write(
+            lambda conn: self.create_in(conn, parent, name, mode, uid, gid, exclusive, goal, rdev, caller))
 
-        return await self.db.run_write(txn)
+    def create_in(self, conn: Connection, parent: int, name: str, mode: int, uid: int, gid: int, exclusive: bool,
+                  goal: int | None, rdev: int, caller: Caller, at: NewInode | None = None) -> tuple[Attr, bool]:
+        """create's transaction (its arguments passed `check_create`)."""
+        kind = stat.S_IFMT(mode) or stat.S_IFREG
+        folder, existing = self._lookup_in(conn, parent, name, caller)
+        if existing is not None:
+            if exclusive:
+                raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
+            if stat.S_ISDIR(existing.mode):
+                raise DfsError(errno.EISDIR, f"{name!r} in directory {parent} is a directory")
+            if not stat.S_ISREG(existing.mode) or kind != stat.S_IFREG:
+                raise DfsError(errno.EEXIST, f"{name!r} already exists in directory {parent}")
+            return to_attr(existing), False
+        values = {"mode": kind | (mode & 0o7777), "uid": uid, "gid": gid, "nlink": 1, "goal": goal,
+                  "rdev": rdev if kind in (stat.S_IFCHR, stat.S_IFBLK) else 0}
+        return self._new_entry(conn, parent, name, values, caller, folder, at), True
 
     async def symlink(self, parent: int, name: str, target: str, uid: int, gid: int, *,
                       caller: Caller = ROOT) -> Attr:
         validate_name(name)
         check_symlink_target(target)
+        return await self.db.run_write(lambda conn: self.symlink_in(conn, parent, name, target, uid, gid, caller))
 
-        def txn(conn: Connection) -> Attr:
-            values = {"mode": stat.S_IFLNK | 0o777, "uid": uid, "gid": gid, "nlink": 1, "target": target,
-                      "size": len(target.encode("utf-8", "surrogateescape")), "goal": self.config.goal}
-            return self._new_name(conn, parent, name, values, caller)
-
-        return await self.db.run_write(txn)
+    def symlink_in(self, conn: Connection, parent: int, name: str, target: str, uid: int, gid: int,
+                   caller: Caller, at: NewInode | None = None) -> Attr:
+        """symlink's transaction (`name` and `target` already checked)."""
+        values = {"mode": stat.S_IFLNK | 0o777, "uid": uid, "gid": gid, "nlink": 1, "target": target,
+                  "size": len(target.encode("utf-8", "surrogateescape")), "goal": None}  # the folder's, as all
+        return self._new_name(conn, parent, name, values, caller, at)
 
     async def link(self, inode: int, new_parent: int, new_name: str, *, caller: Caller = ROOT) -> Attr:
         validate_name(new_name)
@@ -412,7 +436,8 @@ class Namespace:
         self._drop_inode(conn, row.id)
         return int(row.id)
 
-    def _forget(self, inode: int | None) -> None:
+    def forget_deleted(self, inode: int | None) -> None:
+        """After the commit that deleted file `inode` (if any): its leases go."""
         if inode is not None:
             self.leases.release(inode)
             log.debug("inode %d deleted", inode)
@@ -463,26 +488,28 @@ class Namespace:
             _require_owner(caller, row, "forget it")
             return self._drop_link(conn, row, time.time_ns())
 
-        self._forget(await self.db.run_write(txn))
+        self.forget_deleted(await self.db.run_write(txn))
 
     async def unlink(self, parent: int, name: str, held: frozenset[int] = frozenset(), *,
                      caller: Caller = ROOT) -> int:
         """Remove a file's name; the time stamped on the folder (its new mtime and ctime) is returned,
         so a client that caches the folder's attributes need not ask for them again."""
         validate_name(name)
-
-        def txn(conn: Connection) -> tuple[int | None, int]:
-            row = self._victim(conn, parent, name, caller)
-            if stat.S_ISDIR(row.mode):
-                raise DfsError(errno.EISDIR, f"{name!r} in directory {parent} is a directory")
-            now = time.time_ns()
-            _DELETE_ENTRY.run(conn, {"parent": parent, "name": name})
-            touch_dir(conn, parent, now)
-            return self._drop_link(conn, row, now, held), now
-
-        deleted, stamped = await self.db.run_write(txn)
-        self._forget(deleted)
+        deleted, stamped = await self.db.run_write(lambda conn: self.unlink_in(conn, parent, name, held, caller))
+        self.forget_deleted(deleted)
         return stamped
+
+    def unlink_in(self, conn: Connection, parent: int, name: str, held: frozenset[int], caller: Caller,
+                  now: int | None = None) -> tuple[int | None, int]:
+        """unlink's transaction: (the inode deleted, for `forget_deleted` after the commit; the folder's
+        new times)."""
+        row = self._victim(conn, parent, name, caller)
+        if stat.S_ISDIR(row.mode):
+            raise DfsError(errno.EISDIR, f"{name!r} in directory {parent} is a directory")
+        now = time.time_ns() if now is None else now
+        _DELETE_ENTRY.run(conn, {"parent": parent, "name": name})
+        touch_dir(conn, parent, now)
+        return self._drop_link(conn, row, now, held), now
 
     async def rmdir(self, parent: int, name: str, *, caller: Caller = ROOT) -> None:
         validate_name(name)
@@ -576,7 +603,7 @@ class Namespace:
                 touch_dir(conn, new_parent, now, moved)
             return deleted
 
-        self._forget(await self.db.run_write(txn))
+        self.forget_deleted(await self.db.run_write(txn))
 
     def _exchange(self, conn: Connection, parent: int, name: str, src: Any, new_parent: int,
                   new_name: str, dst: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dfs.errors import DfsError
@@ -24,6 +24,8 @@ class Caller:
     uid: int
     gid: int
     groups: frozenset[int] = frozenset()
+    #: Its key may act for other users (scope proxy or admin): a batch's changes may name who made them.
+    proxy: bool = field(default=False, compare=False)
 
     def in_group(self, gid: int) -> bool:
         return gid == self.gid or gid in self.groups

@@ -308,29 +308,33 @@ class Placement:
         if size > MAX_FILE_SIZE:
             raise DfsError(errno.EFBIG, f"size {size} is larger than the limit {MAX_FILE_SIZE}")
 
-        def txn(conn: Connection) -> Attr:
-            row = get_inode(conn, inode)
-            _writable(row)
-            if caller.uid:
-                require(caller, row, W_OK)
-                if (mode is not None or atime_ns is not None) and caller.uid != row.uid:
-                    raise DfsError(errno.EPERM, f"inode {inode}: only its owner may set its mode or atime")
-            old_mode = row.mode
-            if resident_data is not None:  # the write itself, with no lease before it (_may_write)
-                resident.patch(conn, inode, resident_data, self.config.resident_max, size)
-                old_mode = kill_suid(caller, row.mode) or row.mode
-            now = time.time_ns()
-            new = {"size": max(row.size, size), "mtime_ns": now if mtime_ns is None else mtime_ns, "ctime_ns": now,
-                   "mode": old_mode if mode is None else stat.S_IFMT(row.mode) | mode,
-                   "atime_ns": row.atime_ns if atime_ns is None else atime_ns}
-            _COMMIT.run(conn, {"inode": inode, **new})
-            return Attr(inode, new["mode"], row.uid, row.gid, new["size"], row.nlink, new["atime_ns"], new["mtime_ns"],
-                        new["ctime_ns"], row.goal, row.rdev)
-
-        attr = await self.db.run_write(txn)
+        attr = await self.db.run_write(
+            lambda conn: self.commit_in(conn, inode, size, mtime_ns, atime_ns, mode, resident_data, caller))
         if release:
             self.leases.release(inode, client)
         return attr
+
+    def commit_in(self, conn: Connection, inode: int, size: int, mtime_ns: int | None, atime_ns: int | None,
+                  mode: int | None, resident_data: list[tuple[int, bytes]] | None, caller: Caller,
+                  now: int | None = None) -> Attr:
+        """commit's transaction (with a size); `now`: the ctime a client chose (master/batch.py)."""
+        row = get_inode(conn, inode)
+        _writable(row)
+        if caller.uid:
+            require(caller, row, W_OK)
+            if (mode is not None or atime_ns is not None) and caller.uid != row.uid:
+                raise DfsError(errno.EPERM, f"inode {inode}: only its owner may set its mode or atime")
+        old_mode = row.mode
+        if resident_data is not None:  # the write itself, with no lease before it (_may_write)
+            resident.patch(conn, inode, resident_data, self.config.resident_max, size)
+            old_mode = kill_suid(caller, row.mode) or row.mode
+        now = time.time_ns() if now is None else now
+        new = {"size": max(row.size, size), "mtime_ns": now if mtime_ns is None else mtime_ns, "ctime_ns": now,
+               "mode": old_mode if mode is None else stat.S_IFMT(row.mode) | mode,
+               "atime_ns": row.atime_ns if atime_ns is None else atime_ns}
+        _COMMIT.run(conn, {"inode": inode, **new})
+        return Attr(inode, new["mode"], row.uid, row.gid, new["size"], row.nlink, new["atime_ns"], new["mtime_ns"],
+                    new["ctime_ns"], row.goal, row.rdev)
 
     async def report(self, chunk_id: int, server_id: int, version: int, problem: str) -> None:
         if problem not in BAD_PROBLEMS:

@@ -60,6 +60,9 @@ log_level_option = click.option(
               help="Seconds a chunkserver stopped gracefully (SIGTERM) is waited for before it counts as dead.")
 @click.option("--lease-seconds", envvar="DFS_LEASE_SECONDS", default=60.0, show_default=True, show_envvar=True,
               type=click.FloatRange(1, 3600), help="Lifetime of a write lease; an expired one is recovered.")
+@click.option("--recall-timeout", envvar="DFS_RECALL_TIMEOUT", default=10.0, show_default=True, show_envvar=True,
+              type=click.FloatRange(0.1, 600), help="Seconds a client may take to give back a folder delegated to it "
+                                                     "before the master takes it back (docs/PROTOCOL.md).")
 @click.option("--repair-bandwidth", envvar="DFS_REPAIR_BANDWIDTH", default="256MiB", type=SIZE, show_envvar=True,
               help="Bytes per second re-replication may copy, cluster-wide; 0: unlimited  [default: 256MiB]")
 @click.option("--repair-concurrency", envvar="DFS_REPAIR_CONCURRENCY", default=2, show_default=True,
@@ -81,8 +84,8 @@ log_level_option = click.option(
 @log_level_option
 def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, chunk_size: int, goal: int,
                    resident_max: int, dead_timeout: float, gc_grace: float, heartbeat_interval: float,
-                   maintenance_timeout: float,
-                   lease_seconds: float, repair_bandwidth: int, repair_concurrency: int, secret_file: Path | None,
+                   maintenance_timeout: float, lease_seconds: float, recall_timeout: float,
+                   repair_bandwidth: int, repair_concurrency: int, secret_file: Path | None,
                    token_lifetime: float, gateway_url: str | None, insecure: bool, upgrade_db: bool,
                    tls_cert: Path | None, tls_key: Path | None, log_level: str) -> None:
     """Run the metadata master."""
@@ -100,7 +103,8 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
                           chunk_size=chunk_size, goal=goal, resident_max=resident_max, dead_timeout=dead_timeout,
                           gc_grace=gc_grace,
                           heartbeat_interval=heartbeat_interval, maintenance_timeout=maintenance_timeout,
-                          lease_seconds=lease_seconds, repair_bandwidth=repair_bandwidth,
+                          lease_seconds=lease_seconds, recall_timeout=recall_timeout,
+                          repair_bandwidth=repair_bandwidth,
                           repair_concurrency=repair_concurrency, secret_file=secret_file,
                           token_lifetime=token_lifetime, tls_cert=tls_cert, tls_key=tls_key,
                           gateway_url=gateway_url, insecure=insecure)

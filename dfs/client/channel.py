@@ -34,7 +34,7 @@ import websocket
 
 from dfs import tls
 from dfs.client.metrics import observe_call
-from dfs.client.rpc import Backoff, tls_failure, unreachable
+from dfs.client.rpc import Backoff, CallBarrier, tls_failure, unreachable
 from dfs.errors import DfsError
 
 log = logging.getLogger("dfs.client")
@@ -143,6 +143,8 @@ class Channels:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self.closed = False
+        #: What must happen before a call of any view (a mount's pending changes: dfs/client/dirops.py)
+        self.before_call: CallBarrier | None = None
 
     def _connect(self) -> _Link:
         options: dict[str, Any] = {}
@@ -211,6 +213,9 @@ class ChannelMaster:
         self.retry_for = retry_for
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        barrier = self.channels.before_call
+        if barrier is not None and barrier.must_flush(op, fields):
+            barrier.flush()
         started = time.perf_counter()
         ok = False
         try:

@@ -25,13 +25,14 @@ from dfs import tls
 from dfs.auth import auth_headers, find_key, identity_headers
 from dfs.client.channel import ChannelMaster, Channels
 from dfs.client.chunkio import READ_TIMEOUT, ChunkIO
+from dfs.client.dirops import DirOps
 from dfs.client.files import FileHandle
 from dfs.client.localread import TIMEOUT as LOCAL_TIMEOUT
 from dfs.client.localread import LocalReads
 from dfs.client.rpc import MasterClient
 from dfs.errors import DfsError
 from dfs.names import parent_and_name, split_path
-from dfs.protocol import ROOT_INODE, Attr, ChunkLocation, Lease, Replica
+from dfs.protocol import ROOT_INODE, SESSION_HEADER, Attr, ChunkLocation, Lease, Replica
 
 READDIR_PAGE = 1000
 
@@ -57,6 +58,7 @@ class Client:
         self.retry_for = retry_for
         self.read_timeout = read_timeout  # seconds a replica may stall a read before the next is tried
         self.client_id = uuid.uuid4().hex
+        self._headers[SESSION_HEADER] = self.client_id
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.umask = _umask()
@@ -64,6 +66,8 @@ class Client:
         self.resident_max = 0  # files written whole up to this size may keep their bytes in the master
         self._session: aiohttp.ClientSession | None = None
         self.channels: Channels | None = None  # open_channels(): per-thread WebSockets for inline()
+        #: a mount's changes in its delegated folders (dfs/client/dirops.py); files' first commits join them
+        self.dirops: DirOps | None = None
         #: short-circuit reads of replicas on this host (dfs/client/localread.py); None: HTTP only
         self.local_reads: LocalReads | None = LocalReads(min(LOCAL_TIMEOUT, read_timeout or LOCAL_TIMEOUT)) \
             if short_circuit else None
@@ -98,9 +102,9 @@ class Client:
             raise RuntimeError("start the client before making views of it")
         view = copy.copy(self)
         view._owner = False
-        view._headers = headers
+        view._headers = {**headers, SESSION_HEADER: self.client_id}
         view.uid, view.gid = uid, gid
-        view.master = self._master_for(headers)
+        view.master = self._master_for(view._headers)
         view.chunkio = ChunkIO(self._session, view._report_bad, self.read_timeout, self.local_reads)
         return view
 
@@ -108,7 +112,9 @@ class Client:
         if isinstance(self.master, ChannelMaster):  # a view of an inline view calls inline too
             return ChannelMaster(self.master.channels, headers, self.retry_for)  # type: ignore[return-value]
         assert self._session is not None
-        return MasterClient(self._session, self.master_url, self.retry_for, headers)
+        master = MasterClient(self._session, self.master_url, self.retry_for, headers)
+        master.before_call = self.master.before_call
+        return master
 
     def acting_for(self, uid: int, gid: int, groups: tuple[int, ...] = ()) -> Client:
         """This client calling for end user uid/gid/groups (a mount: needs a proxy or admin key)."""
@@ -179,8 +185,16 @@ class Client:
 
     async def mkdir(self, parent: int, name: str, mode: int = 0o777, uid: int | None = None,
                     gid: int | None = None) -> Attr:
-        return await self._attr("mkdir", parent=parent, name=name, mode=mode & ~self.umask & 0o7777,
-                                uid=self.uid if uid is None else uid, gid=self.gid if gid is None else gid)
+        return (await self.mkdir_delegated(parent, name, mode, uid, gid, delegate=False))[0]
+
+    async def mkdir_delegated(self, parent: int, name: str, mode: int = 0o777, uid: int | None = None,
+                              gid: int | None = None, *, delegate: bool = True) -> tuple[Attr, bool]:
+        """mkdir, asking the master to delegate the new folder to this client (docs/PROTOCOL.md
+        "Folder delegations"): its attributes, and whether it did."""
+        reply = await self.master.call("mkdir", parent=parent, name=name, mode=mode & ~self.umask & 0o7777,
+                                       uid=self.uid if uid is None else uid, gid=self.gid if gid is None else gid,
+                                       **({"delegate": True} if delegate else {}))
+        return Attr.from_json(reply["attr"]), bool(reply.get("delegated", False))
 
     async def create(self, parent: int, name: str, mode: int = 0o666, *, exclusive: bool = False,
                      goal: int | None = None, uid: int | None = None, gid: int | None = None,

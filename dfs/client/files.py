@@ -338,16 +338,21 @@ class FileHandle:
         async with self._lock:
             pieces = [{"offset": offset, "data_b64": base64.b64encode(data).decode("ascii")}
                       for offset, data in extents]
-            try:
-                reply = await self._via().master.call("commit", inode=self.inode, client=self.client.client_id,
-                                                      release=release, size=size, resident=pieces,
-                                                      **(deferred or {}))
-            except DfsError as err:
-                if err.errno != errno.EXDEV:
-                    raise
-                self._resident_refused = True
-                return False
-            self.attr = Attr.from_json(reply["attr"])
+            dirops = self.client.dirops
+            queued = dirops.commit(self.attr, size, pieces, dict(deferred or {})) if dirops is not None else None
+            if queued is not None:  # a file made in a delegated folder: with the batch (dfs/client/dirops.py)
+                self.attr = queued
+            else:
+                try:
+                    reply = await self._via().master.call("commit", inode=self.inode, client=self.client.client_id,
+                                                          release=release, size=size, resident=pieces,
+                                                          **(deferred or {}))
+                except DfsError as err:
+                    if err.errno != errno.EXDEV:
+                        raise
+                    self._resident_refused = True
+                    return False
+                self.attr = Attr.from_json(reply["attr"])
             self.size = max(self.size, size)
             self._dirty = False
             self._forget_locations()  # a later read asks for the bytes as the master now has them

@@ -6,7 +6,7 @@ import asyncio
 import errno
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -15,6 +15,14 @@ from dfs.client.metrics import observe_call
 from dfs.errors import DfsError
 
 log = logging.getLogger("dfs.client")
+
+
+class CallBarrier(Protocol):
+    """Changes that must reach the master before a call does (dfs/client/dirops.py)."""
+
+    def must_flush(self, op: str, fields: dict[str, Any]) -> bool: ...
+
+    def flush(self) -> None: ...
 
 
 async def error_from_response(resp: aiohttp.ClientResponse) -> DfsError:
@@ -84,8 +92,13 @@ class MasterClient:
         self.url = url.rstrip("/")
         self.retry_for = retry_for
         self.headers = headers or {}  # the access key, and the end user a proxy acts for (dfs/auth.py)
+        #: What must happen before a call (a mount's pending changes in delegated folders: dfs/client/dirops.py)
+        self.before_call: CallBarrier | None = None
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        barrier = self.before_call
+        if barrier is not None and barrier.must_flush(op, fields):
+            await asyncio.to_thread(barrier.flush)
         started = time.perf_counter()
         ok = False
         try:

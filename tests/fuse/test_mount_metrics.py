@@ -75,7 +75,7 @@ def test_mount_metrics_follow_the_work(metered_mount: tuple[Cluster, Mount, str]
     assert moved("dfs_client_master_calls_total", operation="mkdir", result="ok") == 1
     assert moved("dfs_client_chunk_bytes_total", direction="written") >= size + 100_000
     master_after = scrape(cluster.master_url + "/metrics")  # namespace calls came over the channel
-    for op in ("/api/mkdir", "/api/create"):
+    for op in ("/api/mkdir", "/api/batch"):  # the creates in a folder it made: batched (delegations)
         assert value(master_after, "dfs_http_requests_total", operation=op, method="WS") - value(
             master_before, "dfs_http_requests_total", operation=op, method="WS") >= 1, op
 
@@ -97,40 +97,48 @@ def test_mount_metrics_follow_the_work(metered_mount: tuple[Cluster, Mount, str]
 
 def test_filling_a_folder_costs_one_round_trip_per_file(metered_mount: tuple[Cluster, Mount, str]) -> None:
     """The lookup before each create, the folder's getattr after it and the kernel's security.capability
-    question before each write are answered from the mount's caches; only the creates reach the master."""
-    _, mount, url = metered_mount
-    folder = mount.mountpoint / "filled"
-    folder.mkdir()
-    count = 200
-    before = scrape(url)
-    started = time.monotonic()
-    for i in range(count):
-        fd = os.open(folder / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        os.write(fd, b"x")
-        os.close(fd)
-    after = scrape(url)
-    seconds = time.monotonic() - started
+    question before each write are answered from the mount's caches. In a folder the mount did not
+    make, each create reaches the master; in one it made (delegated to it), none does: the creates,
+    and the commits carrying such small files' bytes, travel in batches."""
+    cluster, mount, url = metered_mount
+    with SyncClient(cluster.master_url) as fs:
+        fs.makedir("/filled")  # made elsewhere: not delegated to the mount
+    for folder, delegated in ((mount.mountpoint / "filled", False), (mount.mountpoint / "own", True)):
+        if delegated:
+            folder.mkdir()
+        count = 200
+        before = scrape(url)
+        started = time.monotonic()
+        for i in range(count):
+            fd = os.open(folder / f"f{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.write(fd, b"x")
+            os.close(fd)
+        after = scrape(url)
+        seconds = time.monotonic() - started
 
-    def calls(*ops: str) -> float:
-        return sum(value(after, "dfs_client_master_calls_total", operation=op, result=result)
-                   - value(before, "dfs_client_master_calls_total", operation=op, result=result)
-                   for op in ops for result in ("ok", "error"))
+        def calls(*ops: str, before: dict = before, after: dict = after) -> float:
+            return sum(value(after, "dfs_client_master_calls_total", operation=op, result=result)
+                       - value(before, "dfs_client_master_calls_total", operation=op, result=result)
+                       for op in ops for result in ("ok", "error"))
 
-    assert calls("create") == count
-    assert calls("getxattr") == 0
-    # the folder's listing and times expire each second (entry timeout): a few round trips per second
-    per_second = 8
-    assert calls("resolve", "lookup", "getattr", "readdir") <= 5 + per_second * seconds
+        assert calls("create") == (0 if delegated else count)
+        assert calls("commit") == (0 if delegated else count)
+        assert calls("batch") <= (count if delegated else 0)
+        assert calls("getxattr") == 0
+        # the folder's listing and times expire each second (entry timeout): a few round trips per second
+        per_second = 8
+        assert calls("resolve", "lookup", "getattr", "readdir") <= 5 + per_second * seconds
 
-    before = scrape(url)
-    started = time.monotonic()
-    for i in range(count):
-        os.unlink(folder / f"f{i}")
-    after = scrape(url)
-    seconds = time.monotonic() - started
-    assert calls("unlink") == count
-    # names come from the cache, and the folder's new times with each unlink's reply
-    assert calls("resolve", "lookup", "readdir", "getattr") <= 5 + per_second * seconds
+        before = scrape(url)
+        started = time.monotonic()
+        for i in range(count):
+            os.unlink(folder / f"f{i}")
+        after = scrape(url)
+        seconds = time.monotonic() - started
+        assert calls("unlink", before=before, after=after) == (0 if delegated else count)
+        # names come from the cache, and the folder's new times with each unlink's reply
+        assert calls("resolve", "lookup", "readdir", "getattr", before=before, after=after) <= 5 + per_second * seconds
+        assert os.listdir(folder) == []
 
 
 def test_tar_like_extraction_costs_a_create_and_a_commit(metered_mount: tuple[Cluster, Mount, str]) -> None:
