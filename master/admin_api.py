@@ -59,6 +59,12 @@ def _master(app: web.Application) -> Any:
     return app[MASTER_KEY]
 
 
+async def _settled(app: web.Application) -> None:
+    """Before a walk of the tree: every folder a client changes on its own is given back first
+    (master/delegations.py), so the walk sees those changes."""
+    await _master(app).delegations.settle("", None)
+
+
 def _threshold(p: Params) -> float:
     value = p.data.get("threshold")
     value = 10 if value is None else value
@@ -82,19 +88,23 @@ async def r_df(app: web.Application, a: Admin, p: Params) -> dict[str, Any]:
 
 
 async def r_info(app: web.Application, a: Admin, p: Params) -> dict[str, Any]:
+    await _settled(app)
     return await admin.info(_master(app), a.session, _path(p))
 
 
 async def r_fsck(app: web.Application, a: Admin, p: Params) -> dict[str, Any]:
+    await _settled(app)
     return await a.fsck.run(_path(p), bool(p.bool("repair", False)), bool(p.bool("verify", True)))
 
 
 async def r_setrep(app: web.Application, a: Admin, p: Params) -> dict[str, Any]:
     goal = int(p.int("goal", minimum=1, maximum=MAX_GOAL))
+    await _settled(app)
     return await admin.setrep(_master(app), a.keeper, _path(p), goal, bool(p.bool("recursive", False)))
 
 
 async def r_setrep_progress(app: web.Application, a: Admin, p: Params) -> dict[str, Any]:
+    await _settled(app)
     return await admin.setrep_progress(_master(app), a.keeper, _path(p), bool(p.bool("recursive", False)))
 
 

@@ -134,8 +134,9 @@ class DirBatch:
             deleted, stamped = outcome
             self.namespace.forget_deleted(deleted)
             return {"mtime_ns": stamped}
-        if change.op == "mkdir" and self.delegations.holder(change.parent) == session:
-            self.delegations.grant(session, outcome.inode)
+        if change.op == "mkdir":
+            held = self.delegations.holder(change.parent) == session
+            return {"attr": attr_json(outcome), "delegated": held and self.delegations.grant(session, outcome.inode)}
         return {"attr": attr_json(outcome)}
 
 

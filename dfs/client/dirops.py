@@ -41,6 +41,10 @@ BATCH_MAX = 1000
 #: Inode numbers asked for at a time, and how few left start the next request.
 RESERVE = 1024
 LOW_WATER = 256
+#: Folders this client holds at most (the master allows twice as many: it never refuses one made here),
+#: and files made here whose first commit may join a batch.
+MAX_FOLDERS = 50_000
+MAX_FRESH = 100_000
 #: Seconds one `recalls` call waits.
 RECALL_WAIT = 25
 #: Calls that never wait for pending changes (they are how changes and recalls travel).
@@ -180,9 +184,11 @@ class DirOps:
             body["as"] = who.to_json()
             folder.names[name] = (inode, is_dir)
             folder.attr = replace(folder.attr, mtime_ns=now, ctime_ns=now, nlink=folder.attr.nlink + int(is_dir))
-            if is_dir:
+            if is_dir and len(self._folders) < MAX_FOLDERS:
                 self._folders[inode] = Folder(attr)
             elif kind == stat.S_IFREG:
+                if len(self._fresh) >= MAX_FRESH:
+                    self._fresh.clear()  # files never written: their first commits go to the master
                 self._fresh[inode] = parent
             self._queue(_Change(body, path, attr))
         self._throttle()
@@ -347,7 +353,12 @@ class DirOps:
             log.error("%s of %s was refused by the master after it was done here: %s", change.body["op"],
                       change.path, err.message)
             self.on_refused(change.path, err)
-        elif change.attr is not None and "attr" in answer:
+            return
+        if change.body["op"] == "mkdir" and not answer.get("delegated"):  # its parent was revoked meanwhile
+            with self._lock:
+                if change.body["inode"] in self._folders:
+                    self._give_back(change.body["inode"])
+        if change.attr is not None and "attr" in answer:
             attr = Attr.from_json(answer["attr"])
             if attr != change.attr:
                 self.on_answer(change.path, attr)
