@@ -23,7 +23,7 @@ from dfs.client.dirops import DirOps, Identity
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
 from dfs.protocol import SESSION_HEADER, Attr
-from tests.harness import TEST_ADMIN_KEY, Cluster
+from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
 
 RECALL_TIMEOUT = 1.5
 
@@ -243,3 +243,20 @@ def _raw_call(cluster: Cluster, session: str, op: str, body: dict[str, Any]) -> 
         return _call(ws, session, op, body)
     finally:
         ws.close()
+
+
+def test_only_a_proxy_key_sends_other_users_changes(cluster: Cluster) -> None:
+    status, made = http_json("POST", f"{cluster.master_url}/api/admin/keys/create",
+                             {"name": f"rw-{time.monotonic_ns()}", "uid": 1000, "gid": 1000, "scope": "rw"})
+    assert status == 200, made
+    change = {"op": "unlink", "parent": 1, "name": "anything", "time_ns": time.time_ns(),
+              "as": {"uid": 0, "gid": 0}}
+    status, body = http_json("POST", f"{cluster.master_url}/api/batch", {"changes": [change]}, key=made["key"])
+    assert (status, body["error"]) == (403, "EACCES"), body
+    status, body = http_json("POST", f"{cluster.master_url}/api/batch",
+                             {"changes": [{"op": "rename", "parent": 1, "name": "x"}]})
+    assert (status, body["error"]) == (400, "EINVAL"), body
+    status, body = http_json("POST", f"{cluster.master_url}/api/batch", {"changes": [{"op": "create", "name": "x"}]})
+    assert (status, body["error"]) == (400, "EINVAL"), body  # no parent
+    status, body = http_json("POST", f"{cluster.master_url}/api/recalls", {"wait": 0})
+    assert (status, body["error"]) == (400, "EINVAL"), body  # no session header
