@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dfs.client.sync import LoopThread
 from tests import pgserver
 from tests.harness import Cluster
 
@@ -37,3 +38,13 @@ def fresh_cluster(tmp_path: Path) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def loop() -> Iterator[LoopThread]:
+    """An event loop in a thread, for the client library's coroutines."""
+    runner = LoopThread()
+    try:
+        yield runner
+    finally:
+        runner.stop()

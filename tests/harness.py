@@ -15,19 +15,23 @@ server (tests/pgserver.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dfs import launcher
 from dfs.auth import KEY_ENV
+from dfs.client import Client
+from dfs.client.sync import LoopThread
 from dfs.launcher import STARTUP_TIMEOUT, Service, free_port, http_json, session_admin_key
 from dfs.tokens import ChunkTokens, ClusterKeys
 from tests.pgserver import fresh_database_url
 
 __all__ = ["STARTUP_TIMEOUT", "TEST_ADMIN_KEY", "Cluster", "Service", "cs_json", "free_port", "http_json",
-           "request_token", "service_tokens"]
+           "inline_client", "request_token", "service_tokens"]
 
 os.environ.pop(KEY_ENV, None)  # never a key of the developer's shell
 TEST_ADMIN_KEY = session_admin_key()
@@ -71,3 +75,14 @@ def service_tokens(service: Service) -> ChunkTokens:
 def cs_json(tokens: ChunkTokens, method: str, url: str, body: Any = None, timeout: float = 10.0) -> tuple[int, Any]:
     """`http_json` to a chunkserver, with the token the request needs."""
     return http_json(method, url, body, timeout, headers=request_token(tokens, method, url, body))
+
+
+@contextlib.contextmanager
+def inline_client(master_url: str, loop: LoopThread) -> Iterator[Client]:
+    """A client with the test admin key whose namespace calls run in the calling thread (`run_inline`)."""
+    client = loop.run(Client(master_url, key=TEST_ADMIN_KEY, retry_for=5).start())
+    client.open_channels()
+    try:
+        yield client.inline()
+    finally:
+        loop.run(client.close())

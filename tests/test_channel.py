@@ -20,26 +20,13 @@ from dfs.client import Client
 from dfs.client.channel import _Link, run_inline
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
-from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    runner = LoopThread()
-    try:
-        yield runner
-    finally:
-        runner.stop()
+from tests.harness import TEST_ADMIN_KEY, Cluster, http_json, inline_client
 
 
 @pytest.fixture(scope="module")
 def inline(cluster: Cluster, loop: LoopThread) -> Iterator[Client]:
-    client = loop.run(Client(cluster.master_url, key=TEST_ADMIN_KEY, retry_for=5).start())
-    client.open_channels()
-    try:
-        yield client.inline()
-    finally:
-        loop.run(client.close())
+    with inline_client(cluster.master_url, loop) as client:
+        yield client
 
 
 def channel_url(cluster: Cluster) -> str:

@@ -23,7 +23,7 @@ from dfs.client.dirops import DirOps, Identity
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
 from dfs.protocol import SESSION_HEADER, Attr
-from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
+from tests.harness import TEST_ADMIN_KEY, Cluster, http_json, inline_client
 
 RECALL_TIMEOUT = 1.5
 
@@ -37,15 +37,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
     finally:
         c.stop()
-
-
-@pytest.fixture(scope="module")
-def loop() -> Iterator[LoopThread]:
-    runner = LoopThread()
-    try:
-        yield runner
-    finally:
-        runner.stop()
 
 
 class Holder:
@@ -91,12 +82,8 @@ def holder(cluster: Cluster, loop: LoopThread) -> Iterator[Holder]:
 
 @pytest.fixture
 def other(cluster: Cluster, loop: LoopThread) -> Iterator[Client]:
-    client = loop.run(Client(cluster.master_url, key=TEST_ADMIN_KEY, retry_for=5).start())
-    client.open_channels()
-    try:
-        yield client.inline()
-    finally:
-        loop.run(client.close())
+    with inline_client(cluster.master_url, loop) as client:
+        yield client
 
 
 @pytest.fixture

@@ -40,12 +40,18 @@ def _calls(before: dict, after: dict, op: str) -> float:
                for result in ("ok", "error"))
 
 
+def _made_by(mount: Mount, prefix: str) -> Path:
+    """A new folder made through `mount`: delegated to it."""
+    folder = mount.mountpoint / f"{prefix}-{time.monotonic_ns()}"
+    folder.mkdir()
+    return folder
+
+
 def test_a_folder_made_here_fills_without_the_master(metered: tuple[Mount, str],
                                                     mounted_cluster: tuple[Cluster, Mount]) -> None:
     mount, url = metered
     cluster, first = mounted_cluster
-    folder = mount.mountpoint / f"own-{time.monotonic_ns()}"
-    folder.mkdir()
+    folder = _made_by(mount, "own")
     before = scrape(url)
     for i in range(100):
         (folder / f"f{i}").write_bytes(b"x" * i)
@@ -82,10 +88,8 @@ def test_a_folder_made_here_fills_without_the_master(metered: tuple[Mount, str],
 
 def test_exclusive_creates_on_two_mounts_meet(metered: tuple[Mount, str],
                                               mounted_cluster: tuple[Cluster, Mount]) -> None:
-    mount, _ = metered
     _, first = mounted_cluster
-    folder = mount.mountpoint / f"excl-{time.monotonic_ns()}"
-    folder.mkdir()
+    folder = _made_by(metered[0], "excl")
     os.close(os.open(folder / "mine", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))  # pending in the mount
     with pytest.raises(FileExistsError):
         os.open(first.mountpoint / folder.name / "mine", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
