@@ -39,6 +39,7 @@ from fuse.errors import fuse_op
 from fuse.namecache import NameCache, parent_of
 from fuse.openfiles import MemoryBudget, OpenFile, open_attr
 from fuse.options import MountOptions
+from fuse.prefetch import Prefetched
 
 log = logging.getLogger("dfs.fuse")
 
@@ -91,6 +92,7 @@ class DfsOperations(mfusepy.Operations):
         self.options = options
         self.names = NameCache(min(options.attr_timeout, options.entry_timeout))
         self.budget = MemoryBudget(options.memory_cap)
+        self.prefetched = Prefetched(self.budget)  # small files' bytes listed with their folder
         self._files: dict[int, OpenFile] = {}  # inode -> shared open state
         self._handles: dict[int, OpenFile] = {}  # file handle -> open file
         self._dirs: dict[int, tuple[int, str]] = {}  # folder handle -> (inode, path when opened)
@@ -162,6 +164,20 @@ class DfsOperations(mfusepy.Operations):
         self.names.put(path, attr)
         return attr
 
+    def _known_here(self, path: str) -> Attr | None:
+        """The attributes of file `path` if it was made here in a folder still delegated here (they
+        are the master's: dfs/client/dirops.py), and this mount has them as its last close left them."""
+        if self.dirops is None:
+            return None
+        inode = self.names.inode_of(path)
+        parent = self.names.inode_of(parent_of(path))
+        if inode is None or parent is None or not self.dirops.owned(parent, path.rsplit("/", 1)[1]):
+            return None
+        attr = self.names.attr(inode)
+        if attr is None or self._seen.get(inode) != (attr.mtime_ns, attr.size):
+            return None  # not closed here since it changed (or never): the master knows best
+        return attr
+
     def _missing_in_delegated(self, path: str) -> bool:
         """Whether `path` is known not to exist because its folder is delegated to this mount."""
         assert self.dirops is not None
@@ -230,11 +246,15 @@ class DfsOperations(mfusepy.Operations):
         if inode is None:
             return
         client = self._me()
+        mine = self.dirops is not None and self.dirops.folder(inode) is not None  # its files' bytes too
+        self.prefetched.prune()
 
         async def listing() -> None:
             count = 0
-            async for name, attr in client.readdir(inode):
+            async for name, attr, data_b64 in client.readdir_plus(inode, data=mine):
                 self.names.put(folder.rstrip("/") + "/" + name, attr)
+                if data_b64 is not None:
+                    self.prefetched.put(attr, data_b64)
                 count += 1
                 if count >= PREFETCH_MAX_ENTRIES:
                     return
@@ -758,7 +778,12 @@ class DfsOperations(mfusepy.Operations):
         # (or a release the kernel has not sent yet) keeps our open state of the file alive
         writing = fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC)  # reads: the kernel checked (and exec)
         reading = fi.flags & os.O_ACCMODE != os.O_WRONLY
-        attr, reply = self.meta(open_attr(self._me(), inode, os.W_OK if writing else 0, reading))
+        known = self._known_here(path) if existing is None and not writing else None
+        if known is not None:  # made here, in a folder still delegated here: nobody else can have changed it
+            attr, data_b64 = known, self.prefetched.take(known)
+            reply: dict[str, Any] = {} if data_b64 is None else {"resident_b64": data_b64}
+        else:
+            attr, reply = self.meta(open_attr(self._me(), inode, os.W_OK if writing else 0, reading))
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
         if existing is not None:

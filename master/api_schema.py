@@ -152,7 +152,9 @@ OPS: dict[str, Op] = {
         "rdev": integer(0, INT64_MAX, default=0)}, reply(attr=ATTR, created={"type": "boolean"})),
     "readdir": Op("A page of a folder's entries, sorted by name", {
         "inode": inode(), "after": string(1024, plain=False, description="Start after this name."),
-        "limit": integer(1, LIST_MAX, default=LIST_DEFAULT)},
+        "limit": integer(1, LIST_MAX, default=LIST_DEFAULT),
+        "data": boolean(False, "Also the resident bytes (`resident_b64`) of small files the caller may read, "
+                        "up to 2 MiB a page.")},
         reply(entries={"type": "array", "items": reply(name={"type": "string"}, attr=ATTR)},
               next={"type": "string", "nullable": True})),
     "unlink": Op("Remove a name", {"parent": inode(), "name": name(), "held": HELD},

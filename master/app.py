@@ -232,9 +232,15 @@ async def op_create(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 
 
 async def op_readdir(m: Master, p: Params, c: Caller) -> dict[str, Any]:
-    entries, after = await m.namespace.readdir(_inode(p), p.str("after", None, max_length=1024),
-                                               p.int("limit", LIST_DEFAULT, minimum=1, maximum=LIST_MAX), caller=c)
-    return {"entries": [{"name": name, "attr": attr_json(attr)} for name, attr in entries], "next": after}
+    entries, after, data = await m.namespace.readdir(
+        _inode(p), p.str("after", None, max_length=1024), p.int("limit", LIST_DEFAULT, minimum=1, maximum=LIST_MAX),
+        caller=c, data=bool(p.bool("data", False)))
+    listed = [{"name": name, "attr": attr_json(attr)} for name, attr in entries]
+    if data:
+        for entry, (_, attr) in zip(listed, entries, strict=True):
+            if attr.inode in data:
+                entry["resident_b64"] = base64.b64encode(data[attr.inode]).decode("ascii")
+    return {"entries": listed, "next": after}
 
 
 def _held(p: Params) -> frozenset[int]:

@@ -41,6 +41,24 @@ def read(conn: Connection, inode: int) -> bytes | None:
     return None if data is None else bytes(data)
 
 
+def read_many(conn: Connection, inodes: list[int], cap: int) -> dict[int, bytes]:
+    """The resident bytes of those of `inodes` that have some, in that order until `cap` bytes."""
+    found: dict[int, bytes] = {}
+    total = 0
+    for start in range(0, len(inodes), 500):  # bound the statement's parameters
+        batch = inodes[start:start + 500]
+        rows = dict(conn.execute(select(resident.c.inode, resident.c.data).where(resident.c.inode.in_(batch))).all())
+        for inode in batch:
+            data = rows.get(inode)
+            if data is None:
+                continue
+            if total + len(data) > cap:
+                return found
+            found[inode] = bytes(data)
+            total += len(data)
+    return found
+
+
 def patch(conn: Connection, inode: int, extents: list[tuple[int, bytes]], limit: int, size: int) -> None:
     """Write `extents` (offset, bytes) into `inode`'s resident bytes, made if it has none; `size`
     is the file's size as the writer sees it. EXDEV when the file has chunks or the bytes would

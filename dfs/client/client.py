@@ -211,11 +211,17 @@ class Client:
         return Attr.from_json(reply["attr"]), bool(reply.get("created", True))
 
     async def readdir(self, inode: int) -> AsyncIterator[tuple[str, Attr]]:
+        async for name, attr, _ in self.readdir_plus(inode, data=False):
+            yield name, attr
+
+    async def readdir_plus(self, inode: int, data: bool = True) -> AsyncIterator[tuple[str, Attr, str | None]]:
+        """The entries of a folder, with (`data`) the resident bytes of small files, base64 (or None)."""
         after: str | None = None
+        extra = {"data": True} if data else {}
         while True:
-            reply = await self.master.call("readdir", inode=inode, after=after, limit=READDIR_PAGE)
+            reply = await self.master.call("readdir", inode=inode, after=after, limit=READDIR_PAGE, **extra)
             for entry in reply["entries"]:
-                yield entry["name"], Attr.from_json(entry["attr"])
+                yield entry["name"], Attr.from_json(entry["attr"]), entry.get("resident_b64")
             after = reply.get("next")
             if not after:
                 return

@@ -103,6 +103,7 @@ class DirOps:
         self._release: list[int] = []
         self._numbers: deque[int] = deque()
         self._fresh: dict[int, int] = {}  # regular file made here, no data sent yet -> its folder
+        self._born: set[int] = set()  # regular files made here, never linked or moved elsewhere
         self._pending_bytes = 0
         self._sending = 0  # batches taken from _pending and not answered yet: calls wait for them too
         self._lock = threading.Lock()
@@ -160,6 +161,13 @@ class DirOps:
             return False
         return folder.names.get(name)
 
+    def owned(self, parent: int, name: str) -> bool:
+        """Whether file `name` of `parent` was made here, in a folder still delegated to us: nobody
+        else can know it, so what this client knows of it is all there is (an open needs no call)."""
+        folder = self._folders.get(parent)
+        entry = folder.names.get(name) if folder is not None else None
+        return entry is not None and entry[0] in self._born
+
     def make(self, parent: int, name: str, mode: int, who: Identity, path: str, target: str = "") -> Attr | None:
         """Create a file (S_IFREG or another mknod type), folder or symlink `name` in delegated folder
         `parent`, which has no such entry: its attributes, or None if this cannot be done here (not
@@ -189,7 +197,10 @@ class DirOps:
             elif kind == stat.S_IFREG:
                 if len(self._fresh) >= MAX_FRESH:
                     self._fresh.clear()  # files never written: their first commits go to the master
+                if len(self._born) >= MAX_FRESH:
+                    self._born.clear()  # their opens ask the master again
                 self._fresh[inode] = parent
+                self._born.add(inode)
             self._queue(_Change(body, path, attr))
         self._throttle()
         return attr
@@ -234,6 +245,7 @@ class DirOps:
         """The master added entry `name` to `parent` for us (a call that went to it)."""
         with self._lock:
             self._fresh.pop(inode, None)  # a hard link: others may reach it through that folder
+            self._born.discard(inode)
             folder = self._folders.get(parent)
             if folder is not None:
                 folder.names[name] = (inode, is_dir)
@@ -259,6 +271,7 @@ class DirOps:
                 moved = moved or found
             if moved is not None:
                 self._fresh.pop(moved[0], None)
+                self._born.discard(moved[0])
             if target is not None:
                 replaced = target.names.pop(new_name, None)
                 if moved is None or exchange:

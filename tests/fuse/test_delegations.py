@@ -189,3 +189,25 @@ def test_errors_in_a_delegated_folder(mnt: Path) -> None:
     os.rmdir(folder / "d")
     os.rmdir(folder)
     assert not folder.exists()
+
+
+def test_small_files_read_cold_from_a_delegated_folder(metered: tuple[Mount, str],
+                                                       mounted_cluster: tuple[Cluster, Mount]) -> None:
+    """Opens of files made here need no master call, and a busy folder's listing brings their bytes;
+    once another mount changes one, the folder is back with the master and opens ask it again."""
+    mount, url = metered
+    _, first = mounted_cluster
+    folder = _made_by(mount, "cold")
+    contents = {f"s{i}": os.urandom(100 + i * 7) for i in range(300)}
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    with open("/proc/sys/vm/drop_caches", "w") as caches:
+        caches.write("3\n")
+    time.sleep(1.2)  # past the entry timeout: the mount lists the folder again
+    before = scrape(url)
+    for name, data in contents.items():
+        assert (folder / name).read_bytes() == data
+    after = scrape(url)
+    assert _calls(before, after, "getattr") < len(contents) // 2  # the bytes came with the listings
+    (first.mountpoint / folder.name / "s7").write_bytes(b"changed elsewhere")
+    assert (folder / "s7").read_bytes() == b"changed elsewhere"
