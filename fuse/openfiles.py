@@ -116,6 +116,10 @@ class OpenFile:
         self.atime_ns: int | None = None  # a deferred utimens
         self._deferred: dict[str, int] = {}  # attributes set since the writes, sent with their commit
         self._dirty = DirtyExtents()
+        #: One past the last byte written here since the handle's size last stood for everything
+        #: (a truncate, a refresh): buffered, being sent, or sent and failed alike, as a local
+        #: disk's i_size moves at write(2), not at write-back.
+        self._written_end = 0
         self._buf_charged = 0
         self._sends: collections.deque[_Send] = collections.deque()  # oldest first
         self._error: DfsError | None = None
@@ -136,7 +140,7 @@ class OpenFile:
 
     @property
     def size(self) -> int:
-        return max(self.handle.size, self._dirty.end)
+        return max(self.handle.size, self._written_end)
 
     @property
     def unsent_bytes(self) -> int:
@@ -158,6 +162,7 @@ class OpenFile:
             self._charge(len(data))
             before = self._dirty.total
             self._dirty.add(offset, data)
+            self._written_end = max(self._written_end, offset + len(data))
             saved = len(data) - (self._dirty.total - before)  # rewritten bytes are held once
             if saved:
                 self._buf_charged -= saved
@@ -303,6 +308,7 @@ class OpenFile:
             if self._deferred:  # a truncate moves the mtime, not the mode
                 self._run(self.handle.flush(durable=False, deferred=self._deferred))
             self._run(self.handle.truncate(size))
+            self._written_end = 0  # every write was sent first: the handle's size is the file's
             self._committed()
             self.account_resident()
 
@@ -370,6 +376,7 @@ class OpenFile:
         with self.lock:
             self._drop_window()
             self.handle.refresh(attr)
+            self._written_end = 0
             self.account_resident()
 
     def close(self) -> None:
