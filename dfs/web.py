@@ -87,10 +87,14 @@ async def read_body(request: web.Request, limit: int = MAX_JSON_BODY) -> bytes:
     """The whole (small) request body; 413 past `limit` bytes."""
     if request.content_length is not None and request.content_length > limit:
         raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
-    return raw
+    # StreamReader.read(n) returns what is buffered, up to n: a large body arrives in several
+    raw = bytearray()
+    while len(raw) <= limit:
+        piece = await request.content.read(limit + 1 - len(raw))
+        if not piece:
+            return bytes(raw)
+        raw += piece
+    raise DfsError(errno.EFBIG, f"JSON body larger than {limit} bytes")
 
 
 def parse_json(raw: bytes) -> Params:

@@ -20,7 +20,7 @@ from dfs.auth import auth_headers
 from dfs.errors import DfsError, describe
 from dfs.limits import LIST_MAX, MAX_HEADER_FIELD, MAX_HEADERS, MAX_JSON_DEPTH, MAX_REQUEST_LINE
 from dfs.tokens import ClusterKeys
-from dfs.web import Params, error_middleware
+from dfs.web import Params, error_middleware, read_json
 from master import api_schema
 from master.app import create_app
 from master.config import MasterConfig
@@ -224,6 +224,27 @@ def test_a_handler_cannot_read_an_undeclared_field() -> None:
 
 
 # -- errors and logs ------------------------------------------------------------------------------------------------
+
+async def test_a_large_json_body_is_read_whole() -> None:
+    """Bodies past the first buffer of the connection were cut, so a chunkserver registering ~8,000
+    chunks (a body of ~1 MB) was refused as a bad signature, and big valid bodies got 400."""
+    async def echo(request: web.Request) -> web.Response:
+        return web.json_response({"items": len((await read_json(request)).data["items"])})
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_post("/echo", echo)
+    body = json.dumps({"items": [{"chunk": i, "version": 7, "checksum": "x" * 64} for i in range(20_000)]}).encode()
+    assert len(body) > 1024 * 1024
+
+    async def pieces():  # as a slow sender's body arrives: over many reads of the server's buffer
+        for i in range(0, len(body), 65536):
+            yield body[i : i + 65536]
+
+    async with TestClient(TestServer(app)) as client:
+        response = await client.post("/echo", data=pieces(), headers={"Content-Type": "application/json"})
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"items": 20_000}
+
 
 async def test_a_bug_is_a_bare_500_logged_by_route(caplog: pytest.LogCaptureFixture) -> None:
     """The body says nothing of the bug; the log names the route (not the URL, whose query may hold a key)."""
