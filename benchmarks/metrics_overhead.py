@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from dfs.master.metrics import timed
 from dfs.metrics import metrics_middleware
-from master.metrics import timed
 
 
 async def per_call(fn: Callable[[], Awaitable[Any]], calls: int) -> float:

@@ -16,15 +16,15 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from chunkserver import copier, replication
-from chunkserver.config import ChunkserverConfig
-from chunkserver.heartbeat import MasterLink
-from chunkserver.localread import describe as describe_local
-from chunkserver.localread import local_reads_ctx
-from chunkserver.metrics import COPIES, FORWARDED_BYTES, READ_BYTES, WRITES, add_chunkserver_metrics
-from chunkserver.scrubber import Scrubber
-from chunkserver.store import MAX_ID, SMALL_READ, ChunkStore
 from dfs import tls
+from dfs.chunkserver import copier, replication
+from dfs.chunkserver.config import ChunkserverConfig
+from dfs.chunkserver.heartbeat import MasterLink
+from dfs.chunkserver.localread import describe as describe_local
+from dfs.chunkserver.localread import local_reads_ctx
+from dfs.chunkserver.metrics import COPIES, FORWARDED_BYTES, READ_BYTES, WRITES, add_chunkserver_metrics
+from dfs.chunkserver.scrubber import Scrubber
+from dfs.chunkserver.store import MAX_ID, SMALL_READ, ChunkStore
 from dfs.errors import DfsError
 from dfs.metrics import metrics_middleware
 from dfs.protocol import CHAIN_HEADER

@@ -27,9 +27,9 @@ from typing import Any
 
 import aiohttp
 
-from chunkserver import diskio
-from chunkserver.store import SLICE, ChunkStore
 from dfs.checksum import BLOCK_SIZE, block_digest, chunk_digest
+from dfs.chunkserver import diskio
+from dfs.chunkserver.store import SLICE, ChunkStore
 from dfs.errors import DfsError, describe
 from dfs.jobs import Throttle
 from dfs.tokens import TOKEN_HEADER

@@ -25,9 +25,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from chunkserver import diskio
-from chunkserver.config import ChunkserverConfig
-from chunkserver.store import ChunkStore
+from dfs.chunkserver import diskio
+from dfs.chunkserver.config import ChunkserverConfig
+from dfs.chunkserver.store import ChunkStore
 from dfs.client.rpc import json_reply
 from dfs.errors import DfsError, describe
 

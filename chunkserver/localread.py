@@ -23,10 +23,10 @@ from typing import Any
 
 from aiohttp import web
 
-from chunkserver import diskio
-from chunkserver.metrics import SHORT_CIRCUIT_OPENS
-from chunkserver.store import DIGEST_SIZE, FLAG_PENDING, HEADER, MAGIC, ChunkStore, chunk_paths
 from dfs.checksum import BLOCK_SIZE
+from dfs.chunkserver import diskio
+from dfs.chunkserver.metrics import SHORT_CIRCUIT_OPENS
+from dfs.chunkserver.store import DIGEST_SIZE, FLAG_PENDING, HEADER, MAGIC, ChunkStore, chunk_paths
 from dfs.errors import DfsError
 from dfs.localread import MAX_LINE, encode, error_reply, host_identity
 from dfs.tokens import ClusterKeys

@@ -10,8 +10,8 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from chunkserver.scrubber import Scrubber
-from chunkserver.store import ChunkStore
+from dfs.chunkserver.scrubber import Scrubber
+from dfs.chunkserver.store import ChunkStore
 from dfs.metrics import add_metrics
 
 READ_BYTES = Counter("dfs_chunkserver_read_bytes", "Chunk bytes sent to readers (clients, and servers pulling "

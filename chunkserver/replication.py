@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from chunkserver.store import ChunkStore
+from dfs.chunkserver.store import ChunkStore
 from dfs.errors import DfsError
 from dfs.protocol import CHAIN_HEADER
 from dfs.tokens import TOKEN_HEADER

@@ -18,8 +18,8 @@ import os
 import time
 from typing import Any
 
-from chunkserver import diskio
-from chunkserver.store import ChunkStore
+from dfs.chunkserver import diskio
+from dfs.chunkserver.store import ChunkStore
 from dfs.errors import DfsError
 from dfs.jobs import Job, Throttle, failsafe
 

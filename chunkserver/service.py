@@ -6,11 +6,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from chunkserver.app import CONFIG, LINK, LOAD, SCRUBBER, SESSION, STORE, create_app
-from chunkserver.config import ChunkserverConfig
-from chunkserver.heartbeat import Heartbeat
-from chunkserver.scrubber import Scrubber
 from dfs import tls
+from dfs.chunkserver.app import CONFIG, LINK, LOAD, SCRUBBER, SESSION, STORE, create_app
+from dfs.chunkserver.config import ChunkserverConfig
+from dfs.chunkserver.heartbeat import Heartbeat
+from dfs.chunkserver.scrubber import Scrubber
 from dfs.web import background, serve
 
 

@@ -22,7 +22,7 @@ import os
 import uuid
 from pathlib import Path
 
-from chunkserver import diskio
+from dfs.chunkserver import diskio
 
 log = logging.getLogger("chunkserver.spares")
 

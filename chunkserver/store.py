@@ -63,8 +63,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from chunkserver import diskio, spares
 from dfs.checksum import BLOCK_SIZE, block_digest, chunk_digest
+from dfs.chunkserver import diskio, spares
 from dfs.errors import DfsError
 from dfs.protocol import STREAM_SLICE
 

@@ -20,7 +20,7 @@ from dfs.errors import DfsError
 from dfs.metrics import LATENCY_BUCKETS
 
 if TYPE_CHECKING:
-    from fuse.operations import DfsOperations
+    from dfs.fuse.operations import DfsOperations
 
 OPERATIONS = Counter("dfs_fuse_operations", "File system calls served, by operation and result (error: an errno "
                      "was returned, ENOENT of lookups included)", ["operation", "result"])

@@ -26,9 +26,9 @@ from dfs.cli.options import SIZE, current_key, master_option
 from dfs.client.client import Client
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
+from dfs.fuse.options import MountOptions
 from dfs.launcher import is_mounted
 from dfs.units import MiB
-from fuse.options import MountOptions
 
 log = logging.getLogger("dfs.fuse")
 
@@ -116,7 +116,7 @@ def raise_read_ahead(mountpoint: Path) -> None:
 def serve(master_url: str, mountpoint: Path, options: MountOptions, fuse_options: dict[str, Any],
           retry_for: float, on_ready: Any = None, key: str = "") -> None:
     """Mount and serve until unmounted (blocks)."""
-    from fuse.operations import DfsOperations
+    from dfs.fuse.operations import DfsOperations
 
     loop = LoopThread()
     client = Client(master_url, retry_for=retry_for, key=key, short_circuit=options.short_circuit)
@@ -157,7 +157,7 @@ def serve(master_url: str, mountpoint: Path, options: MountOptions, fuse_options
     try:
         observe = None
         if options.metrics_port is not None:
-            from fuse.metrics import FuseObserver, serve_metrics
+            from dfs.fuse.metrics import FuseObserver, serve_metrics
 
             stop_metrics = serve_metrics(options.metrics_port, ops)
             observe = FuseObserver()

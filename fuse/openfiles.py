@@ -30,8 +30,8 @@ from dfs.client.client import Client
 from dfs.client.files import FileHandle
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
+from dfs.fuse.extents import DirtyExtents
 from dfs.protocol import Attr
-from fuse.extents import DirtyExtents
 
 log = logging.getLogger("dfs.fuse")
 

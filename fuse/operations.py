@@ -32,14 +32,14 @@ from dfs.client.files import FileHandle
 from dfs.client.inlineio import Connections, inline_client
 from dfs.client.sync import LoopThread
 from dfs.errors import DfsError
+from dfs.fuse.callers import Callers
+from dfs.fuse.errors import fuse_op
+from dfs.fuse.namecache import NameCache, parent_of
+from dfs.fuse.openfiles import MemoryBudget, OpenFile, open_attr
+from dfs.fuse.options import MountOptions
+from dfs.fuse.prefetch import Prefetched
 from dfs.names import NAME_MAX
 from dfs.protocol import ROOT_INODE, Attr
-from fuse.callers import Callers
-from fuse.errors import fuse_op
-from fuse.namecache import NameCache, parent_of
-from fuse.openfiles import MemoryBudget, OpenFile, open_attr
-from fuse.options import MountOptions
-from fuse.prefetch import Prefetched
 
 log = logging.getLogger("dfs.fuse")
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import threading
 import time
 
+from dfs.fuse.openfiles import MemoryBudget
 from dfs.protocol import Attr
-from fuse.openfiles import MemoryBudget
 
 TTL = 5.0
 #: Bytes (base64) kept at most, whatever the budget allows.

@@ -17,16 +17,16 @@ import aiohttp
 from sqlalchemy import Connection, func, select, update
 
 from dfs.errors import DfsError
+from dfs.master import resident
+from dfs.master.goals import GoalKeeper
+from dfs.master.layout import Layout, live_copies, load_layout
+from dfs.master.schema import dentries, inodes, replicas, servers
+from dfs.master.schema import resident as resident_table
+from dfs.master.servers import ServerInfo
 from dfs.protocol import MAX_GOAL
-from master import resident
-from master.goals import GoalKeeper
-from master.layout import Layout, live_copies, load_layout
-from master.schema import dentries, inodes, replicas, servers
-from master.schema import resident as resident_table
-from master.servers import ServerInfo
 
 if TYPE_CHECKING:
-    from master.app import Master
+    from dfs.master.app import Master
 
 _BATCH = 500
 INFO_PARALLEL = 16

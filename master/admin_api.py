@@ -18,17 +18,17 @@ from aiohttp import web
 from dfs import tls
 from dfs.apispec import checked
 from dfs.errors import DfsError
+from dfs.master import admin, api_schema
+from dfs.master.api_schema import MAX_MOVES
+from dfs.master.auth import keys_create, keys_list, keys_revoke
+from dfs.master.balance import Balancer
+from dfs.master.decommission import Decommissioner
+from dfs.master.fsck import Fsck
+from dfs.master.goals import GoalKeeper
+from dfs.master.moves import Mover
 from dfs.names import PATH_MAX
 from dfs.protocol import MAX_GOAL
 from dfs.web import Params, background, read_json
-from master import admin, api_schema
-from master.api_schema import MAX_MOVES
-from master.auth import keys_create, keys_list, keys_revoke
-from master.balance import Balancer
-from master.decommission import Decommissioner
-from master.fsck import Fsck
-from master.goals import GoalKeeper
-from master.moves import Mover
 
 #: Chunkserver calls of the admin jobs (copies wait for the target's whole pull).
 SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=120.0)
@@ -54,7 +54,7 @@ def _path(p: Params) -> str:
 
 
 def _master(app: web.Application) -> Any:
-    from master.app import MASTER_KEY  # master/app.py imports this module
+    from dfs.master.app import MASTER_KEY  # master/app.py imports this module
 
     return app[MASTER_KEY]
 

@@ -14,14 +14,14 @@ from typing import Any
 
 from dfs.apispec import Field, Fields, array, boolean, integer, number, obj, request_body, string
 from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, MAX_LIST_ITEMS, UID_MAX
+from dfs.master.batch import KINDS, MAX_CHANGES
+from dfs.master.delegations import MAX_WAIT
+from dfs.master.inode_ids import RESERVE_MAX
+from dfs.master.keys import SCOPES
+from dfs.master.servers import BAD_PROBLEMS
+from dfs.master.xattrs import XATTR_SIZE_MAX
 from dfs.names import CLUSTER_PATH_MAX, NAME_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, MAX_RESIDENT, Attr
-from master.batch import KINDS, MAX_CHANGES
-from master.delegations import MAX_WAIT
-from master.inode_ids import RESERVE_MAX
-from master.keys import SCOPES
-from master.servers import BAD_PROBLEMS
-from master.xattrs import XATTR_SIZE_MAX
 
 #: Chunks in one registration report (its body may be up to master/app.py MAX_REGISTER_BODY).
 MAX_REPORTED_CHUNKS = 10_000_000

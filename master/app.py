@@ -21,6 +21,28 @@ from dfs import tls
 from dfs.apispec import checked
 from dfs.errors import DfsError
 from dfs.limits import INT64_MAX, LIST_DEFAULT, LIST_MAX, UID_MAX
+from dfs.master import api_schema, inode_ids
+from dfs.master.admin_api import add_admin_routes, add_openapi
+from dfs.master.api_schema import MAX_REPORTED_CHUNKS, MAX_RESIDENT_EXTENTS
+from dfs.master.auth import INSECURE_WARNING, KEYS, add_auth, auth_middleware, caller_of
+from dfs.master.batch import MAX_CHANGES, Change, DirBatch
+from dfs.master.channel import add_channel
+from dfs.master.config import MasterConfig
+from dfs.master.dashboard import add_dashboard_routes
+from dfs.master.db import Database
+from dfs.master.delegations import MAX_WAIT, Delegations, connection_alive
+from dfs.master.inode_ids import Reservations
+from dfs.master.keys import KeyStore
+from dfs.master.leases import LeaseTable
+from dfs.master.metrics import add_master_metrics
+from dfs.master.namespace import Namespace, attr_json
+from dfs.master.permissions import ROOT, Caller
+from dfs.master.placement import Placement
+from dfs.master.recovery import LeaseRecovery
+from dfs.master.repair import Repair
+from dfs.master.replication import Replicator
+from dfs.master.servers import Registry
+from dfs.master.xattrs import XATTR_SIZE_MAX, Xattrs
 from dfs.metrics import metrics_middleware
 from dfs.names import CLUSTER_PATH_MAX, PATH_MAX
 from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, MAX_RESIDENT, SESSION_HEADER
@@ -36,28 +58,6 @@ from dfs.web import (
     read_body,
     read_json,
 )
-from master import api_schema, inode_ids
-from master.admin_api import add_admin_routes, add_openapi
-from master.api_schema import MAX_REPORTED_CHUNKS, MAX_RESIDENT_EXTENTS
-from master.auth import INSECURE_WARNING, KEYS, add_auth, auth_middleware, caller_of
-from master.batch import MAX_CHANGES, Change, DirBatch
-from master.channel import add_channel
-from master.config import MasterConfig
-from master.dashboard import add_dashboard_routes
-from master.db import Database
-from master.delegations import MAX_WAIT, Delegations, connection_alive
-from master.inode_ids import Reservations
-from master.keys import KeyStore
-from master.leases import LeaseTable
-from master.metrics import add_master_metrics
-from master.namespace import Namespace, attr_json
-from master.permissions import ROOT, Caller
-from master.placement import Placement
-from master.recovery import LeaseRecovery
-from master.repair import Repair
-from master.replication import Replicator
-from master.servers import Registry
-from master.xattrs import XATTR_SIZE_MAX, Xattrs
 
 log = logging.getLogger("master.app")
 

@@ -21,9 +21,9 @@ from aiohttp import web
 
 from dfs.auth import identity_from_headers, key_from_headers
 from dfs.errors import DfsError
+from dfs.master.keys import RANK, SCOPES, KeyRecord, KeyStore
+from dfs.master.permissions import ROOT, Caller
 from dfs.web import Handler, Params, json_error
-from master.keys import RANK, SCOPES, KeyRecord, KeyStore
-from master.permissions import ROOT, Caller
 
 log = logging.getLogger("master.auth")
 

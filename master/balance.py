@@ -22,12 +22,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dfs.errors import DfsError
-from master.layout import ChunkPlace, Layout, eligible, load_layout
-from master.moves import Mover, Outcome, Throttle
-from master.servers import ServerInfo
+from dfs.master.layout import ChunkPlace, Layout, eligible, load_layout
+from dfs.master.moves import Mover, Outcome, Throttle
+from dfs.master.servers import ServerInfo
 
 if TYPE_CHECKING:
-    from master.app import Master
+    from dfs.master.app import Master
 
 log = logging.getLogger("master.balance")
 

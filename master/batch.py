@@ -19,14 +19,14 @@ from typing import Any
 from sqlalchemy import Connection
 
 from dfs.errors import DfsError
+from dfs.master.db import Database
+from dfs.master.delegations import Delegations
+from dfs.master.inode_ids import Reservations
+from dfs.master.namespace import Namespace, NewInode, attr_json, check_symlink_target
+from dfs.master.permissions import ROOT, Caller
+from dfs.master.placement import Placement
 from dfs.names import validate_name
 from dfs.protocol import MAX_FILE_SIZE
-from master.db import Database
-from master.delegations import Delegations
-from master.inode_ids import Reservations
-from master.namespace import Namespace, NewInode, attr_json, check_symlink_target
-from master.permissions import ROOT, Caller
-from master.placement import Placement
 
 log = logging.getLogger("master.batch")
 

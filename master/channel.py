@@ -32,14 +32,14 @@ from multidict import CIMultiDict
 
 from dfs.apispec import checked
 from dfs.errors import DfsError
+from dfs.master import api_schema
+from dfs.master.auth import KEYS, authenticate
+from dfs.master.delegations import connection_alive
+from dfs.master.keys import KeyRecord
+from dfs.master.permissions import Caller
 from dfs.metrics import REQUEST_SECONDS, REQUESTS
 from dfs.protocol import SESSION_HEADER
 from dfs.web import MAX_JSON_BODY, Params, parse_json
-from master import api_schema
-from master.auth import KEYS, authenticate
-from master.delegations import connection_alive
-from master.keys import KeyRecord
-from master.permissions import Caller
 
 log = logging.getLogger("master.channel")
 

@@ -46,9 +46,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from master import migrate
-from master.metrics import timed
-from master.schema import create_root
+from dfs.master import migrate
+from dfs.master.metrics import timed
+from dfs.master.schema import create_root
 
 log = logging.getLogger("master.db")
 

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, delete, insert, select
 
 from dfs.errors import DfsError
-from master import garbage
-from master.layout import ChunkPlace, Layout, eligible, load_layout
-from master.moves import Mover
-from master.schema import chunks, replicas, server_states
-from master.servers import ServerInfo
+from dfs.master import garbage
+from dfs.master.layout import ChunkPlace, Layout, eligible, load_layout
+from dfs.master.moves import Mover
+from dfs.master.schema import chunks, replicas, server_states
+from dfs.master.servers import ServerInfo
 
 if TYPE_CHECKING:
-    from master.app import Master
+    from dfs.master.app import Master
 
 log = logging.getLogger("master.decommission")
 

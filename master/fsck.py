@@ -27,17 +27,17 @@ import aiohttp
 from sqlalchemy import Connection, delete, select
 
 from dfs.errors import DfsError
-from master import garbage
-from master.admin import walk
-from master.goals import Budget, fix_chunk
-from master.layout import ChunkPlace, est_length, load_layout
-from master.moves import Mover
-from master.schema import chunks, inodes, replicas
-from master.schema import resident as resident_table
-from master.servers import drop_bad
+from dfs.master import garbage
+from dfs.master.admin import walk
+from dfs.master.goals import Budget, fix_chunk
+from dfs.master.layout import ChunkPlace, est_length, load_layout
+from dfs.master.moves import Mover
+from dfs.master.schema import chunks, inodes, replicas
+from dfs.master.schema import resident as resident_table
+from dfs.master.servers import drop_bad
 
 if TYPE_CHECKING:
-    from master.app import Master
+    from dfs.master.app import Master
 
 log = logging.getLogger("master.fsck")
 

@@ -10,8 +10,8 @@ from collections.abc import Iterable
 
 from sqlalchemy import Connection, Float, and_, bindparam, delete, insert, select, tuple_
 
-from master.prepared import Prepared
-from master.schema import chunks, garbage, replicas
+from dfs.master.prepared import Prepared
+from dfs.master.schema import chunks, garbage, replicas
 
 _BATCH = 500
 

@@ -15,11 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from master.layout import ChunkPlace, Layout, live_copies, load_layout
-from master.moves import Mover
+from dfs.master.layout import ChunkPlace, Layout, live_copies, load_layout
+from dfs.master.moves import Mover
 
 if TYPE_CHECKING:
-    from master.app import Master
+    from dfs.master.app import Master
 
 log = logging.getLogger("master.goals")
 

@@ -27,9 +27,9 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from dfs.auth import ID_MAX, MAX_GROUPS, new_key, split_key
 from dfs.errors import DfsError
-from master.db import Database
-from master.permissions import Caller
-from master.schema import access_keys
+from dfs.master.db import Database
+from dfs.master.permissions import Caller
+from dfs.master.schema import access_keys
 
 log = logging.getLogger("master.keys")
 

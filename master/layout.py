@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, select
 
-from master.db import Database
-from master.schema import chunks, garbage, inodes, replicas
-from master.servers import Registry, ServerInfo
+from dfs.master.db import Database
+from dfs.master.schema import chunks, garbage, inodes, replicas
+from dfs.master.servers import Registry, ServerInfo
 
 _BATCH = 500
 

@@ -26,12 +26,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection, func, select
 
+from dfs.master.schema import garbage, inodes
 from dfs.metrics import LATENCY_BUCKETS, add_metrics
-from master.schema import garbage, inodes
 
 if TYPE_CHECKING:
-    from master.admin_api import Admin
-    from master.app import Master
+    from dfs.master.admin_api import Admin
+    from dfs.master.app import Master
 
 log = logging.getLogger("master.metrics")
 
@@ -135,8 +135,8 @@ class MasterCollector(Collector):
 
     async def _scan(self) -> Snapshot:
         # imported here, as in _servers: master.db imports this module, and these import master.db
-        from master.admin import chunk_health
-        from master.layout import load_layout
+        from dfs.master.admin import chunk_health
+        from dfs.master.layout import load_layout
 
         started = time.monotonic()
         layout = await load_layout(self.m.db, self.m.config.chunk_size)
@@ -163,7 +163,7 @@ class MasterCollector(Collector):
         yield from self._jobs()
 
     def _servers(self) -> Iterator[Metric]:
-        from master.admin import node_state
+        from dfs.master.admin import node_state
 
         live = {s.id for s in self.m.registry.live()}
         counts = dict.fromkeys(SERVER_STATES, 0)
@@ -277,8 +277,8 @@ def add_master_metrics(app: web.Application) -> None:
     """`GET /metrics` and the collector; call after the cleanup contexts that open the master and its jobs."""
 
     async def collecting(app: web.Application) -> AsyncIterator[None]:
-        from master.admin_api import ADMIN_KEY
-        from master.app import MASTER_KEY
+        from dfs.master.admin_api import ADMIN_KEY
+        from dfs.master.app import MASTER_KEY
 
         collector = app[COLLECTOR] = MasterCollector(app[MASTER_KEY], app[ADMIN_KEY])
         REGISTRY.register(collector)

@@ -7,7 +7,7 @@ revision makes the master refuse to start, naming `dfs master --upgrade-db`, whi
 
 A schema change is a change to master/schema.py plus a revision made by
 
-    .venv/bin/python -m master.migrate revision "add access keys"
+    .venv/bin/python -m dfs.master.migrate revision "add access keys"
 
 which compares schema.py with a scratch database at the current head and writes
 master/migrations/versions/NNNN_<slug>.py for review.
@@ -117,7 +117,7 @@ def make_revision(message: str) -> Path:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "revision":
-        print('usage: python -m master.migrate revision "what changes"', file=sys.stderr)
+        print('usage: python -m dfs.master.migrate revision "what changes"', file=sys.stderr)
         return 2
     path = make_revision(argv[1])
     print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}: review it, "

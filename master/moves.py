@@ -30,14 +30,14 @@ import aiohttp
 from sqlalchemy import Connection, insert, select
 
 from dfs.errors import DfsError
-from master import garbage, replication
-from master.replication import replicate_order
-from master.schema import chunks, replicas
-from master.schema import garbage as garbage_table
-from master.servers import ServerInfo
+from dfs.master import garbage, replication
+from dfs.master.replication import replicate_order
+from dfs.master.schema import chunks, replicas
+from dfs.master.schema import garbage as garbage_table
+from dfs.master.servers import ServerInfo
 
 if TYPE_CHECKING:
-    from master.app import Master
+    from dfs.master.app import Master
 
 log = logging.getLogger("master.moves")
 

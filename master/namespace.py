@@ -21,13 +21,11 @@ from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from dfs.errors import DfsError
-from dfs.names import PATH_MAX, encoded, split_path, validate_name
-from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, ROOT_INODE, Attr, inherited
-from master import garbage, resident
-from master.config import MasterConfig
-from master.db import Database
-from master.leases import LeaseTable
-from master.permissions import (
+from dfs.master import garbage, resident
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.leases import LeaseTable
+from dfs.master.permissions import (
     R_OK,
     ROOT,
     W_OK,
@@ -39,12 +37,14 @@ from master.permissions import (
     require,
     require_may_delete,
 )
-from master.permissions import require_owner as _require_owner
-from master.prepared import Prepared
-from master.schema import chunks, dentries, inodes, replicas, xattrs
-from master.schema import garbage as garbage_table
-from master.schema import resident as resident_table
-from master.servers import Registry
+from dfs.master.permissions import require_owner as _require_owner
+from dfs.master.prepared import Prepared
+from dfs.master.schema import chunks, dentries, inodes, replicas, xattrs
+from dfs.master.schema import garbage as garbage_table
+from dfs.master.schema import resident as resident_table
+from dfs.master.servers import Registry
+from dfs.names import PATH_MAX, encoded, split_path, validate_name
+from dfs.protocol import MAX_FILE_SIZE, MAX_GOAL, ROOT_INODE, Attr, inherited
 
 log = logging.getLogger("master.namespace")
 

@@ -17,16 +17,16 @@ from sqlalchemy import Connection, and_, bindparam, delete, insert, select, upda
 
 from dfs.client.chunkio import ChunkIO
 from dfs.errors import DfsError
+from dfs.master import garbage, resident
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.leases import Grant, LeaseTable
+from dfs.master.namespace import get_inode, to_attr
+from dfs.master.permissions import R_OK, ROOT, W_OK, Caller, kill_suid, require
+from dfs.master.prepared import Prepared
+from dfs.master.schema import chunks, inodes, replicas
+from dfs.master.servers import BAD_PROBLEMS, Registry, ServerInfo, drop_bad
 from dfs.protocol import MAX_FILE_SIZE, Attr, ChunkLocation, Lease, Replica
-from master import garbage, resident
-from master.config import MasterConfig
-from master.db import Database
-from master.leases import Grant, LeaseTable
-from master.namespace import get_inode, to_attr
-from master.permissions import R_OK, ROOT, W_OK, Caller, kill_suid, require
-from master.prepared import Prepared
-from master.schema import chunks, inodes, replicas
-from master.servers import BAD_PROBLEMS, Registry, ServerInfo, drop_bad
 
 log = logging.getLogger("master.placement")
 

@@ -33,12 +33,12 @@ from sqlalchemy import Connection, select, update
 
 from dfs.errors import DfsError, describe
 from dfs.jobs import Job, failsafe
-from master import garbage
-from master.config import MasterConfig
-from master.db import Database
-from master.leases import LeaseTable
-from master.schema import chunks, replicas
-from master.servers import Registry
+from dfs.master import garbage
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.leases import LeaseTable
+from dfs.master.schema import chunks, replicas
+from dfs.master.servers import Registry
 
 log = logging.getLogger("master.recovery")
 

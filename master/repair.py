@@ -32,13 +32,13 @@ from sqlalchemy import Connection, select
 
 from dfs.errors import DfsError
 from dfs.jobs import Job, Throttle
-from master import garbage
-from master.config import MasterConfig
-from master.db import Database
-from master.leases import LeaseTable
-from master.replication import Replicator
-from master.schema import chunks, inodes, replicas
-from master.servers import Registry, ServerInfo
+from dfs.master import garbage
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.leases import LeaseTable
+from dfs.master.replication import Replicator
+from dfs.master.schema import chunks, inodes, replicas
+from dfs.master.servers import Registry, ServerInfo
 
 log = logging.getLogger("master.repair")
 

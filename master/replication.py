@@ -32,16 +32,16 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from dfs.client.rpc import json_reply
 from dfs.errors import DfsError
-from master import garbage
-from master.config import MasterConfig
-from master.db import Database
-from master.leases import LeaseTable
-from master.schema import chunks, replicas
-from master.schema import garbage as garbage_table
-from master.servers import Registry, ServerInfo
+from dfs.master import garbage
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.leases import LeaseTable
+from dfs.master.schema import chunks, replicas
+from dfs.master.schema import garbage as garbage_table
+from dfs.master.servers import Registry, ServerInfo
 
 if TYPE_CHECKING:
-    from master.app import Master
+    from dfs.master.app import Master
 
 log = logging.getLogger("master.replication")
 

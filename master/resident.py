@@ -25,8 +25,8 @@ import errno
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from dfs.errors import DfsError
-from master.prepared import Prepared
-from master.schema import chunks, resident
+from dfs.master.prepared import Prepared
+from dfs.master.schema import chunks, resident
 
 _READ = Prepared(select(resident.c.data).where(resident.c.inode == bindparam("inode")))
 _ANY_CHUNK = Prepared(select(chunks.c.chunk_id).where(chunks.c.inode == bindparam("inode")).limit(1))

@@ -1,6 +1,6 @@
 """The master's tables (SQLAlchemy Core): the one description of the metadata schema.
 
-A change here needs a migration: `python -m master.migrate revision "what changes"` (master/migrate.py).
+A change here needs a migration: `python -m dfs.master.migrate revision "what changes"` (master/migrate.py).
 
 Names (directory entries, symlink targets, xattr names) are stored as UTF-8 bytes encoded with
 `surrogateescape`, so that names which are not valid UTF-8 (FUSE hands them to us that way) survive,

@@ -21,10 +21,10 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from master import garbage
-from master.config import MasterConfig
-from master.db import Database
-from master.schema import chunks, inodes, replicas, servers
+from dfs.master import garbage
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.schema import chunks, inodes, replicas, servers
 
 log = logging.getLogger("master.servers")
 

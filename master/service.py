@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 
 from dfs import tls
+from dfs.master.app import create_app
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.migrate import SchemaError
 from dfs.tokens import SecretError
 from dfs.web import serve
-from master.app import create_app
-from master.config import MasterConfig
-from master.db import Database
-from master.migrate import SchemaError
 
 log = logging.getLogger("master.service")
 

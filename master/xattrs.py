@@ -8,12 +8,12 @@ import time
 from sqlalchemy import Connection, and_, bindparam, delete, func, insert, select, update
 
 from dfs.errors import DfsError
+from dfs.master.db import Database
+from dfs.master.namespace import get_inode
+from dfs.master.permissions import ROOT, Caller, check_xattr, visible_xattr
+from dfs.master.prepared import Prepared
+from dfs.master.schema import inodes, xattrs
 from dfs.names import encoded
-from master.db import Database
-from master.namespace import get_inode
-from master.permissions import ROOT, Caller, check_xattr, visible_xattr
-from master.prepared import Prepared
-from master.schema import inodes, xattrs
 
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 64 * 1024

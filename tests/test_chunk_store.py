@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from chunkserver import diskio, spares
-from chunkserver.store import BLOCK_SIZE, FLAG_PENDING, HEADER, INLINE_WRITE, ChunkStore, chunk_paths, read_meta
 from dfs.checksum import chunk_digest, digests_of
+from dfs.chunkserver import diskio, spares
+from dfs.chunkserver.store import BLOCK_SIZE, FLAG_PENDING, HEADER, INLINE_WRITE, ChunkStore, chunk_paths, read_meta
 from dfs.errors import DfsError
 
 MiB = 1024 * 1024

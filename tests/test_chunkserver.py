@@ -23,8 +23,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from chunkserver.store import BLOCK_SIZE, chunk_paths
 from dfs.checksum import chunk_digest, digests_of
+from dfs.chunkserver.store import BLOCK_SIZE, chunk_paths
 from dfs.protocol import CHAIN_HEADER
 from dfs.tokens import AUTH_HEADER, TOKEN_HEADER, ClusterKeys, RequestVerifier
 from tests.harness import Service, cs_json, free_port, http_json, request_token

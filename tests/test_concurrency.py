@@ -21,12 +21,12 @@ from sqlalchemy import create_engine, text
 
 from dfs.client.client import Client
 from dfs.errors import DfsError
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.leases import LeaseTable
+from dfs.master.namespace import Namespace
+from dfs.master.servers import Registry
 from dfs.protocol import ROOT_INODE
-from master.config import MasterConfig
-from master.db import Database
-from master.leases import LeaseTable
-from master.namespace import Namespace
-from master.servers import Registry
 from tests.harness import Cluster
 from tests.pgserver import backend, fresh_database_url, sync_url
 

@@ -27,7 +27,7 @@ from urllib.parse import quote
 import pytest
 
 from dfs.auth import auth_headers
-from master.dashboard import ASSETS
+from dfs.master.dashboard import ASSETS
 from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def bare_master(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def test_package_data_ships_every_asset() -> None:
     """A non-editable install (a wheel) carries the page: pyproject's package-data covers every file."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = config["tool"]["setuptools"]["package-data"]["master.dashboard"]
+    patterns = config["tool"]["setuptools"]["package-data"]["dfs.master.dashboard"]
     for name in ASSETS:
         assert (DASHBOARD / name).is_file(), name
         assert any(fnmatch(name, p) for p in patterns), f"{name} is not in pyproject's package-data"

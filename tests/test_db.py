@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection
 
-from master import db as dbmodule
-from master.config import MasterConfig
-from master.db import Database
-from master.leases import LeaseTable
-from master.namespace import Namespace
-from master.servers import Registry
+from dfs.master import db as dbmodule
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.leases import LeaseTable
+from dfs.master.namespace import Namespace
+from dfs.master.servers import Registry
 
 pytestmark = pytest.mark.timeout(60)
 

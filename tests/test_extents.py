@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from fuse.extents import DirtyExtents
+from dfs.fuse.extents import DirtyExtents
 
 
 def test_random_writes_match_a_model() -> None:

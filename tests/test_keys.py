@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 
 from dfs.auth import GID_HEADER, UID_HEADER, auth_headers, new_key
-from master.admin_api import ROUTES as ADMIN_ROUTES
-from master.app import OPS
-from master.auth import PUBLIC_PATHS, required_scope
+from dfs.master.admin_api import ROUTES as ADMIN_ROUTES
+from dfs.master.app import OPS
+from dfs.master.auth import PUBLIC_PATHS, required_scope
 from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
 
 #: Below the scope each level needs: a key of this scope must get 403.

@@ -19,11 +19,11 @@ from dfs.apispec import checked
 from dfs.auth import auth_headers
 from dfs.errors import DfsError, describe
 from dfs.limits import LIST_MAX, MAX_HEADER_FIELD, MAX_HEADERS, MAX_JSON_DEPTH, MAX_REQUEST_LINE
+from dfs.master import api_schema
+from dfs.master.app import create_app
+from dfs.master.config import MasterConfig
 from dfs.tokens import ClusterKeys
 from dfs.web import Params, error_middleware, read_json
-from master import api_schema
-from master.app import create_app
-from master.config import MasterConfig
 from tests.harness import TEST_ADMIN_KEY, Cluster, http_json
 
 

@@ -17,8 +17,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from master import migrate
-from master.schema import metadata
+from dfs.master import migrate
+from dfs.master.schema import metadata
 from tests.harness import Cluster, http_json
 from tests.pgserver import backend, fresh_database_url, sync_url
 
@@ -78,7 +78,7 @@ def master(db_url: str, data: Path, *args: str) -> subprocess.CompletedProcess[s
 
 def test_migrations_build_schema_py(engine: Engine) -> None:
     """Running every migration gives exactly the tables of master/schema.py: a change to schema.py
-    without its migration fails here (`python -m master.migrate revision "..."` writes it)."""
+    without its migration fails here (`python -m dfs.master.migrate revision "..."` writes it)."""
     with engine.begin() as conn:
         migrate.check(conn)
     with engine.connect() as conn:

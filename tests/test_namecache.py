@@ -5,8 +5,8 @@ from __future__ import annotations
 import stat
 import time
 
+from dfs.fuse.namecache import NameCache
 from dfs.protocol import Attr
-from fuse.namecache import NameCache
 
 TTL = 0.2
 

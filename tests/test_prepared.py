@@ -13,15 +13,15 @@ from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from dfs.errors import DfsError
-from master import namespace as ns
-from master.config import MasterConfig
-from master.db import Database
-from master.leases import LeaseTable
-from master.namespace import Namespace
-from master.permissions import Caller
-from master.prepared import Prepared
-from master.schema import dentries
-from master.servers import Registry
+from dfs.master import namespace as ns
+from dfs.master.config import MasterConfig
+from dfs.master.db import Database
+from dfs.master.leases import LeaseTable
+from dfs.master.namespace import Namespace
+from dfs.master.permissions import Caller
+from dfs.master.prepared import Prepared
+from dfs.master.schema import dentries
+from dfs.master.servers import Registry
 from tests.pgserver import fresh_database_url
 
 pytestmark = pytest.mark.timeout(60)

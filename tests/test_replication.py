@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from chunkserver.store import ChunkStore, chunk_paths
 from dfs.checksum import digests_of
+from dfs.chunkserver.store import ChunkStore, chunk_paths
 from dfs.client.sync import SyncClient
 from dfs.errors import DfsError
 from tests.faults.helpers import chunk_file, fast_cluster, flip, held, locations, pattern, upload

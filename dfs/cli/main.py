@@ -10,7 +10,7 @@ from dfs.cli.devcluster import dev_cluster_command
 from dfs.cli.files import FILE_COMMANDS
 from dfs.cli.keys import keys_group
 from dfs.cli.servers import chunkserver_command, gateway_command, master_command
-from fuse.mount import mount_command, umount_command
+from dfs.fuse.mount import mount_command, umount_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

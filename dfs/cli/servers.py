@@ -89,8 +89,8 @@ def master_command(data_dir: Path, listen: tuple[str, int], db_url: str | None, 
                    token_lifetime: float, gateway_url: str | None, insecure: bool, upgrade_db: bool,
                    tls_cert: Path | None, tls_key: Path | None, log_level: str) -> None:
     """Run the metadata master."""
-    from master.config import MasterConfig
-    from master.service import run_master, upgrade_database
+    from dfs.master.config import MasterConfig
+    from dfs.master.service import run_master, upgrade_database
 
     if chunk_size < 64 * 1024 or chunk_size % (64 * 1024):
         raise click.BadParameter("must be a multiple of 64KiB", param_hint="--chunk-size")
@@ -141,8 +141,8 @@ def chunkserver_command(master_url: str, data_dirs: tuple[Path, ...], listen: tu
                         join_token: str | None, secret_file: Path | None, short_circuit: bool,
                         tls_cert: Path | None, tls_key: Path | None, log_level: str) -> None:
     """Run a chunkserver that stores chunks in the --data folders."""
-    from chunkserver.config import ChunkserverConfig
-    from chunkserver.service import run_chunkserver
+    from dfs.chunkserver.config import ChunkserverConfig
+    from dfs.chunkserver.service import run_chunkserver
     from dfs.tokens import ClusterKeys, SecretError, read_secret_file
 
     check_tls_pair(tls_cert, tls_key)

@@ -10,7 +10,7 @@ from typing import Any
 
 from alembic import context
 
-from master.schema import Name, metadata
+from dfs.master.schema import Name, metadata
 
 
 def render_item(kind: str, obj: Any, autogen_context: Any) -> str | bool:
@@ -22,7 +22,7 @@ def render_item(kind: str, obj: Any, autogen_context: Any) -> str | bool:
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("run migrations through `dfs master --upgrade-db` or `python -m master.migrate`")
+    raise RuntimeError("run migrations through `dfs master --upgrade-db` or `python -m dfs.master.migrate`")
 context.configure(connection=connection, target_metadata=metadata, render_as_batch=True,
                   render_item=render_item, compare_type=True)
 with context.begin_transaction():
