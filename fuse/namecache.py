@@ -25,6 +25,8 @@ from dfs.protocol import Attr
 
 _NEGATIVE = -1
 PRUNE_EVERY = 20_000  # names put between two sweeps of expired entries
+CHANGES_KEPT = 10_000  # inodes whose last local change is remembered before older ones are swept
+CHANGE_HORIZON = 600.0  # seconds: longer than any call to the master waits (--master-timeout)
 
 
 def parent_of(path: str) -> str:
@@ -40,7 +42,30 @@ class NameCache:
         self._complete: dict[int, float] = {}  # directory inode -> expiry
         self._no_xattr: dict[tuple[int, str], float] = {}  # (inode, name or "" for all) known absent -> expiry
         self._puts = 0
+        #: this mount's own changes (commits, setattrs), numbered: a reply the master sent before one
+        #: of them must not overwrite what the change left (the kernel's attr_version, for the mount)
+        self._changes = 0
+        self._changed: dict[int, tuple[int, float]] = {}  # inode -> (number of its last change, when)
+        self._sweep_changes_at = CHANGES_KEPT
         self._lock = threading.Lock()
+
+    def mark(self) -> int:
+        """Taken before asking the master for attributes: `changed_since(inode, mark)` then says
+        whether the answer may predate a change this mount made meanwhile."""
+        return self._changes
+
+    def changed_here(self, inode: int) -> None:
+        """This mount changed `inode` on the master (whatever the cache holds: with attr timeouts of 0 too)."""
+        now = time.monotonic()
+        with self._lock:
+            self._changes += 1
+            self._changed[inode] = (self._changes, now)
+            if len(self._changed) > self._sweep_changes_at:  # a reply older than the horizon is long in
+                self._changed = {k: v for k, v in self._changed.items() if now - v[1] <= CHANGE_HORIZON}
+                self._sweep_changes_at = max(CHANGES_KEPT, 2 * len(self._changed))
+
+    def changed_since(self, inode: int, mark: int) -> bool:
+        return self._changed.get(inode, (0, 0.0))[0] > mark
 
     def lookup(self, path: str) -> Attr | bool | None:
         """The cached attributes of `path`, False if it is known not to exist, None if unknown."""
@@ -83,13 +108,16 @@ class NameCache:
         """Every cached name of `inode` (a scan: only asked for hard-linked files)."""
         return [path for path, (ino, _) in list(self._names.items()) if ino == inode]
 
-    def put(self, path: str, attr: Attr) -> None:
+    def put(self, path: str, attr: Attr, since: int | None = None) -> None:
+        """`path` is `attr`; with `since` (a `mark` taken before asking), the attributes are kept
+        only if this mount has not changed the inode meanwhile (the name is kept either way)."""
         if self.ttl <= 0:
             return
         expiry = time.monotonic() + self.ttl
         with self._lock:
             self._names[path] = (attr.inode, expiry)
-            self._attrs[attr.inode] = (attr, expiry)
+            if since is None or not self.changed_since(attr.inode, since):
+                self._attrs[attr.inode] = (attr, expiry)
             self._puts += 1
             sweep = self._puts % PRUNE_EVERY == 0
         if sweep:
@@ -110,6 +138,10 @@ class NameCache:
         """Every entry of `directory` is in the cache (it was just made, or listed whole)."""
         if self.ttl > 0:
             self._complete[directory] = time.monotonic() + self.ttl
+
+    def forget_complete(self, directory: int) -> None:
+        """Names may appear in `directory` that the cache has not seen: ask before saying ENOENT."""
+        self._complete.pop(directory, None)
 
     def entry_added(self, folder: int, entry: Attr) -> None:
         """This mount added `entry` to `folder`: the master set the folder's mtime and ctime to the

@@ -23,6 +23,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dfs.client.channel import run_inline
@@ -99,8 +100,11 @@ class MemoryBudget:
 
 class OpenFile:
     def __init__(self, handle: FileHandle, loop: LoopThread, budget: MemoryBudget, write_buffer: int,
-                 read_ahead: int) -> None:
+                 read_ahead: int, on_commit: Callable[[int], None] = lambda inode: None) -> None:
         self.handle = handle
+        #: told the inode after each commit or truncate made on the master, under `lock` (see
+        #: NameCache.changed_here): an open holding `lock` then sees that its answer may be older
+        self.on_commit = on_commit
         self.inode = handle.inode
         self.loop = loop
         self.budget = budget
@@ -258,7 +262,7 @@ class OpenFile:
                 return
             self.send_all()
             self._run(self.handle.flush(durable, release=closing and self.refs <= 1, deferred=self._deferred))
-            self._committed()
+            self._committed(called=True)
 
     def _commit_resident(self, release: bool) -> bool:
         """A small file written here and not sent yet: its bytes go to the master in the commit
@@ -272,7 +276,7 @@ class OpenFile:
         self._dirty.take()
         self.budget.give(self._buf_charged)
         self._buf_charged = 0
-        self._committed()
+        self._committed(called=True)
         self.account_resident()
         return True
 
@@ -297,9 +301,12 @@ class OpenFile:
     def has_deferred(self) -> bool:
         return bool(self._deferred)
 
-    def _committed(self) -> None:
+    def _committed(self, called: bool = False) -> None:
+        """What was deferred went with a commit; `called`: the master was told something."""
         self.mtime_ns = self.ctime_ns = self.mode = self.atime_ns = None
         self._deferred = {}
+        if called:
+            self.on_commit(self.inode)
 
     def truncate(self, size: int) -> None:
         with self.lock:
@@ -309,7 +316,7 @@ class OpenFile:
                 self._run(self.handle.flush(durable=False, deferred=self._deferred))
             self._run(self.handle.truncate(size))
             self._written_end = 0  # every write was sent first: the handle's size is the file's
-            self._committed()
+            self._committed(called=True)
             self.account_resident()
 
     # ---- reading ------------------------------------------------------------------------------
@@ -386,9 +393,10 @@ class OpenFile:
             try:
                 if not self._commit_resident(release=True):
                     self.send_all()
-                if not self.handle.close_clean():
+                called = not self.handle.close_clean()
+                if called:
                     self._run(self.handle.close(deferred=self._deferred))
-                self._committed()
+                self._committed(called)
             finally:
                 self._drop_window()
                 self.handle.drop_resident()

@@ -47,6 +47,7 @@ UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
 PREFETCH_AFTER_MISSES = 3  # lookups missing the cache in one folder before it is listed whole
 PREFETCH_MAX_ENTRIES = 20_000
+FRESH_ATTEMPTS = 50  # master answers asked for at most, while this mount's own commits overtake them
 NOOP_WINDOW = 0.02  # seconds after this mount's change to a file within which a chown changing nothing is skipped
 HIDDEN_PREFIX = ".fuse_hidden"
 ACL_PREFIX = "system.posix_acl_"
@@ -114,6 +115,7 @@ class DfsOperations(mfusepy.Operations):
             client.dirops = self.dirops
             self.dirops.on_refused = self._refused
             self.dirops.on_answer = self._answered
+            self.dirops.on_recalled = self.names.forget_complete
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -160,9 +162,13 @@ class DfsOperations(mfusepy.Operations):
             raise FuseOSError(errno.ENOENT)
         if isinstance(cached, Attr):
             return cached
-        attr = self._fetch(path)
-        self.names.put(path, attr)
-        return attr
+        for _attempt in range(FRESH_ATTEMPTS):  # newer than this mount's own changes (see _open_attr)
+            mark = self.names.mark()
+            attr = self._fetch(path)
+            if not self.names.changed_since(attr.inode, mark):
+                self.names.put(path, attr, since=mark)
+                return attr
+        raise FuseOSError(errno.EAGAIN)
 
     def _known_here(self, path: str) -> Attr | None:
         """The attributes of file `path` if it was made here in a folder still delegated here (they
@@ -388,6 +394,7 @@ class DfsOperations(mfusepy.Operations):
             open_file.flush(durable=False)
         sent = time.monotonic()
         attr = self.meta(client.setattr(inode, **changes))
+        self.names.changed_here(inode)
         self._stamp(attr.inode, sent)
         if attr.is_dir and self.dirops is not None:
             self.dirops.changed(attr)
@@ -640,8 +647,10 @@ class DfsOperations(mfusepy.Operations):
         new_parent, new_name = self._split(new)
         moved, replaced = self.names.inode_of(old), self.names.inode_of(new)
         self._removals += 1
-        self.meta(self._me().rename_entry(parent, name, new_parent, new_name, noreplace=bool(flags & RENAME_NOREPLACE),
-                                          exchange=bool(flags & RENAME_EXCHANGE), held=self._held()))
+        if not self.meta(self._me().rename_entry(parent, name, new_parent, new_name,
+                                                 noreplace=bool(flags & RENAME_NOREPLACE),
+                                                 exchange=bool(flags & RENAME_EXCHANGE), held=self._held())):
+            return 0  # two names of one file: both stay, and so does what we know of them
         if self.dirops is not None:
             known = self.names.attr(moved) if moved is not None else None
             self.dirops.renamed(parent, name, new_parent, new_name,
@@ -731,7 +740,7 @@ class DfsOperations(mfusepy.Operations):
             if open_file is None:
                 handle = FileHandle(self.client, attr, inline=self.data)
                 open_file = OpenFile(handle, self.loop, self.budget, self.options.write_buffer,
-                                     self.options.read_ahead)
+                                     self.options.read_ahead, on_commit=self.names.changed_here)
                 self._files[attr.inode] = open_file
                 open_file.removals_at_open = self._removals
                 seen = self._seen.get(attr.inode)
@@ -782,16 +791,12 @@ class DfsOperations(mfusepy.Operations):
         if known is not None:  # made here, in a folder still delegated here: nobody else can have changed it
             attr, data_b64 = known, self.prefetched.take(known)
             reply: dict[str, Any] = {} if data_b64 is None else {"resident_b64": data_b64}
+            mark = None
         else:
-            attr, reply = self.meta(open_attr(self._me(), inode, os.W_OK if writing else 0, reading))
+            mark = self.names.mark()
+            attr, reply, existing = self._open_attr(path, inode, writing, reading)
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
-        if existing is not None:
-            if existing.dirty:
-                attr = existing.handle.attr  # our own unsent writes are the newest view
-            elif (existing.handle.attr.mtime_ns, existing.handle.attr.size) != (attr.mtime_ns, attr.size):
-                existing.refresh(attr)
-                self._invalidate_kernel(path)
         told, closed = self._told.get(inode), self._seen.get(inode)
         if existing is None and ((told is not None and told != (attr.size, attr.mtime_ns))
                                  or (closed is not None and closed != (attr.mtime_ns, attr.size))):
@@ -799,6 +804,11 @@ class DfsOperations(mfusepy.Operations):
             self._invalidate_kernel(path)
         self.names.put(path, attr)
         self._register(attr, fi)
+        if existing is None and mark is not None and self.names.changed_since(inode, mark):
+            # another handle here opened, committed and closed the file while this one registered:
+            # ask again, which now brings the open state just made up to date
+            attr, reply, _ = self._open_attr(path, inode, writing, reading)
+            self.names.put(path, attr)
         if fi.flags & os.O_ACCMODE == os.O_RDONLY and not fi.flags & os.O_TRUNC:
             fi.noflush = 1  # its close has nothing to send: the kernel skips the flush (FOPEN_NOFLUSH)
         if reply.get("chunks") or "resident_b64" in reply:
@@ -809,6 +819,33 @@ class DfsOperations(mfusepy.Operations):
             open_file.truncate(0)
             self.names.put(path, open_file.handle.attr)
         return 0
+
+    def _open_attr(self, path: str, inode: int, writing: int, reading: bool
+                   ) -> tuple[Attr, dict[str, Any], OpenFile | None]:
+        """An open's attributes (the master's, newer than every commit this mount made of the file),
+        the master's reply, and the file's open state here if it has one, brought up to date.
+
+        An answer the master sent before one of our commits would take the size back (two
+        appenders in one mount would then write at one offset), so it is asked for again; a commit
+        in progress holds the open state's lock, and is waited for."""
+        for _attempt in range(FRESH_ATTEMPTS):
+            mark = self.names.mark()
+            attr, reply = self.meta(open_attr(self._me(), inode, os.W_OK if writing else 0, reading))
+            existing = self._files.get(inode)
+            if existing is None:
+                if not self.names.changed_since(inode, mark):
+                    return attr, reply, None
+                continue
+            with existing.lock:
+                if self.names.changed_since(inode, mark):
+                    continue
+                if existing.dirty:
+                    return existing.handle.attr, reply, existing  # our own unsent writes are the newest view
+                if (existing.handle.attr.mtime_ns, existing.handle.attr.size) != (attr.mtime_ns, attr.size):
+                    existing.refresh(attr)  # changed elsewhere
+                    self._invalidate_kernel(path)
+                return attr, reply, existing
+        raise FuseOSError(errno.EAGAIN)  # our commits kept overtaking the answers: let the caller try again
 
     @fuse_op
     def read(self, path: str | None, size: int, offset: int, fh: Any) -> bytes:

@@ -163,7 +163,9 @@ OPS: dict[str, Op] = {
     "rmdir": Op("Remove an empty folder", {"parent": inode(), "name": name()}, EMPTY),
     "rename": Op("Rename or exchange entries", {
         "parent": inode(), "name": name(), "new_parent": inode(), "new_name": name(),
-        "noreplace": boolean(False), "exchange": boolean(False), "held": HELD}, EMPTY),
+        "noreplace": boolean(False), "exchange": boolean(False), "held": HELD},
+        reply(renamed={"type": "boolean", "description": "False when both names were already one file's "
+                       "(rename(2) then does nothing)."})),
     "link": Op("Add a hard link", {"inode": inode(), "new_parent": inode(), "new_name": name()}, WITH_ATTR),
     "symlink": Op("Make a symbolic link", {
         "parent": inode(), "name": name(),

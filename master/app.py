@@ -263,10 +263,10 @@ async def op_rmdir(m: Master, p: Params, c: Caller) -> dict[str, Any]:
 
 
 async def op_rename(m: Master, p: Params, c: Caller) -> dict[str, Any]:
-    await m.namespace.rename(_inode(p, "parent"), _name(p), _inode(p, "new_parent"), _name(p, "new_name"),
-                             noreplace=bool(p.bool("noreplace", False)), exchange=bool(p.bool("exchange", False)),
-                             held=_held(p), caller=c)
-    return {}
+    renamed = await m.namespace.rename(_inode(p, "parent"), _name(p), _inode(p, "new_parent"), _name(p, "new_name"),
+                                       noreplace=bool(p.bool("noreplace", False)),
+                                       exchange=bool(p.bool("exchange", False)), held=_held(p), caller=c)
+    return {"renamed": renamed}
 
 
 async def op_link(m: Master, p: Params, c: Caller) -> dict[str, Any]:

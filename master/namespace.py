@@ -563,13 +563,15 @@ class Namespace:
         raise DfsError(errno.ELOOP, f"directory {inode} is nested too deep")
 
     async def rename(self, parent: int, name: str, new_parent: int, new_name: str, noreplace: bool = False,
-                     exchange: bool = False, held: frozenset[int] = frozenset(), caller: Caller = ROOT) -> None:
+                     exchange: bool = False, held: frozenset[int] = frozenset(), caller: Caller = ROOT) -> bool:
+        """Whether any name changed: renaming one name of a file onto another of its names, or
+        exchanging them, leaves both in place (rename(2) does nothing)."""
         validate_name(name)
         validate_name(new_name)
         if noreplace and exchange:
             raise DfsError(errno.EINVAL, "noreplace and exchange cannot be combined")
 
-        def txn(conn: Connection) -> int | None:
+        def txn(conn: Connection) -> tuple[bool, int | None]:
             if caller.uid:
                 _, src = self._lookup_in(conn, parent, name, caller)
                 if src is None:
@@ -585,17 +587,17 @@ class Namespace:
                 if dst is None:
                     raise DfsError(errno.ENOENT, f"no entry {new_name!r} in directory {new_parent} to exchange with")
                 if src.id == dst.id:
-                    return None
+                    return False, None
                 if src_dir and parent != new_parent and self._inside(conn, src.id, new_parent):
                     raise DfsError(errno.EINVAL, f"cannot move directory {name!r} into itself")
                 if dst_dir and parent != new_parent and self._inside(conn, dst.id, parent):
                     raise DfsError(errno.EINVAL, f"cannot move directory {new_name!r} into itself")
                 self._exchange(conn, parent, name, src, new_parent, new_name, dst)
-                return None
+                return True, None
             if dst is not None and noreplace:
                 raise DfsError(errno.EEXIST, f"{new_name!r} already exists in directory {new_parent}")
             if dst is not None and dst.id == src.id:
-                return None  # two names of one file: rename(2) does nothing
+                return False, None  # two names of one file: rename(2) does nothing
             if src_dir and parent != new_parent and self._inside(conn, src.id, new_parent):
                 raise DfsError(errno.EINVAL, f"cannot move directory {name!r} into itself")
             now = time.time_ns()
@@ -620,9 +622,11 @@ class Namespace:
             touch_dir(conn, parent, now, -moved)
             if new_parent != parent:
                 touch_dir(conn, new_parent, now, moved)
-            return deleted
+            return True, deleted
 
-        self.forget_deleted(await self.db.run_write(txn))
+        renamed, deleted = await self.db.run_write(txn)
+        self.forget_deleted(deleted)
+        return renamed
 
     def _exchange(self, conn: Connection, parent: int, name: str, src: Any, new_parent: int,
                   new_name: str, dst: Any) -> None:

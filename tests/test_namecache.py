@@ -98,3 +98,26 @@ def test_a_missing_name_is_trusted_no_longer_than_the_folder_it_was_asked_in() -
     assert names.lookup("/d/x") is False
     time.sleep(TTL * 0.6)
     assert names.lookup("/d/x") is None
+
+
+def test_an_answer_older_than_a_change_made_here_does_not_replace_it() -> None:
+    """A getattr the master answered before this mount's commit of the file must not take the
+    size back (as the kernel's attr_version guards its own inode cache)."""
+    names = NameCache(TTL)
+    mark = names.mark()  # a lookup is sent ...
+    names.changed_here(11)  # ... this mount commits the file, with its new size ...
+    names.put_attr(attr(11, ctime_ns=2))
+    names.put("/d/a", attr(11, ctime_ns=1), since=mark)  # ... and the older answer comes in
+    assert names.changed_since(11, mark) and not names.changed_since(12, mark)
+    assert names.attr(11).ctime_ns == 2
+    assert names.inode_of("/d/a") == 11  # the name itself is still good
+    later = names.mark()
+    names.put("/d/a", attr(11, ctime_ns=3), since=later)
+    assert names.attr(11).ctime_ns == 3
+
+
+def test_changes_made_here_are_remembered_with_zero_timeouts() -> None:
+    names = NameCache(0)
+    mark = names.mark()
+    names.changed_here(5)
+    assert names.changed_since(5, mark)

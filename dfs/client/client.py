@@ -241,9 +241,11 @@ class Client:
         await self.master.call("rmdir", parent=parent, name=name)
 
     async def rename_entry(self, parent: int, name: str, new_parent: int, new_name: str, *,
-                           noreplace: bool = False, exchange: bool = False, held: list[int] | None = None) -> None:
-        await self.master.call("rename", parent=parent, name=name, new_parent=new_parent, new_name=new_name,
-                               noreplace=noreplace, exchange=exchange, held=held or [])
+                           noreplace: bool = False, exchange: bool = False, held: list[int] | None = None) -> bool:
+        """Whether a name changed (False: both were names of one file, and stay)."""
+        reply = await self.master.call("rename", parent=parent, name=name, new_parent=new_parent, new_name=new_name,
+                                       noreplace=noreplace, exchange=exchange, held=held or [])
+        return bool(reply.get("renamed", True))
 
     async def getxattr(self, inode: int, name: str) -> bytes:
         reply = await self.master.call("getxattr", inode=inode, name=name)

@@ -98,6 +98,9 @@ class DirOps:
         self.retry_for = retry_for
         self.on_refused: Callable[[str, DfsError], None] = lambda path, err: None
         self.on_answer: Callable[[str, Attr], None] = lambda path, attr: None
+        #: a folder given back because another client is about to look or change: what the mount
+        #: knows of its entries is no longer the whole truth
+        self.on_recalled: Callable[[int], None] = lambda inode: None
         self._folders: dict[int, Folder] = {}
         self._pending: list[_Change] = []
         self._release: list[int] = []
@@ -423,6 +426,8 @@ class DirOps:
                 with self._lock:
                     for inode in folders:
                         self._give_back(inode)
+                for inode in folders:
+                    self.on_recalled(inode)
                 try:
                     self.flush()
                 except Exception:
