@@ -21,7 +21,7 @@ run: $(STAMP) fuse3
 
 # The suite on SQLite, then everything but the mount again with every master on PostgreSQL
 # (a throwaway server in a temporary folder: tests/pgserver.py).
-PG_PYTEST_ARGS ?= --ignore=tests/fuse
+PG_PYTEST_ARGS ?= --ignore=tests/fuse --ignore=tests/conformance
 PG_INITDB := $(wildcard /usr/lib/postgresql/*/bin/initdb)
 
 test: $(STAMP)
