@@ -793,8 +793,7 @@ class DfsOperations(mfusepy.Operations):
             reply: dict[str, Any] = {} if data_b64 is None else {"resident_b64": data_b64}
             mark = None
         else:
-            mark = self.names.mark()
-            attr, reply, existing = self._open_attr(path, inode, writing, reading)
+            attr, reply, existing, mark = self._open_attr(path, inode, writing, reading)
         if attr.is_dir:
             raise FuseOSError(errno.EISDIR)
         told, closed = self._told.get(inode), self._seen.get(inode)
@@ -802,13 +801,13 @@ class DfsOperations(mfusepy.Operations):
                                  or (closed is not None and closed != (attr.mtime_ns, attr.size))):
             # changed elsewhere since the kernel last heard: its cached size would cut or pad reads
             self._invalidate_kernel(path)
-        self.names.put(path, attr)
+        self.names.put(path, attr, since=mark)
         self._register(attr, fi)
         if existing is None and mark is not None and self.names.changed_since(inode, mark):
             # another handle here opened, committed and closed the file while this one registered:
             # ask again, which now brings the open state just made up to date
-            attr, reply, _ = self._open_attr(path, inode, writing, reading)
-            self.names.put(path, attr)
+            attr, reply, _, mark = self._open_attr(path, inode, writing, reading)
+            self.names.put(path, attr, since=mark)
         if fi.flags & os.O_ACCMODE == os.O_RDONLY and not fi.flags & os.O_TRUNC:
             fi.noflush = 1  # its close has nothing to send: the kernel skips the flush (FOPEN_NOFLUSH)
         if reply.get("chunks") or "resident_b64" in reply:
@@ -821,9 +820,10 @@ class DfsOperations(mfusepy.Operations):
         return 0
 
     def _open_attr(self, path: str, inode: int, writing: int, reading: bool
-                   ) -> tuple[Attr, dict[str, Any], OpenFile | None]:
+                   ) -> tuple[Attr, dict[str, Any], OpenFile | None, int]:
         """An open's attributes (the master's, newer than every commit this mount made of the file),
-        the master's reply, and the file's open state here if it has one, brought up to date.
+        the master's reply, the file's open state here if it has one, brought up to date, and the
+        `NameCache.mark` the answer was asked under.
 
         An answer the master sent before one of our commits would take the size back (two
         appenders in one mount would then write at one offset), so it is asked for again; a commit
@@ -834,17 +834,17 @@ class DfsOperations(mfusepy.Operations):
             existing = self._files.get(inode)
             if existing is None:
                 if not self.names.changed_since(inode, mark):
-                    return attr, reply, None
+                    return attr, reply, None, mark
                 continue
             with existing.lock:
                 if self.names.changed_since(inode, mark):
                     continue
                 if existing.dirty:
-                    return existing.handle.attr, reply, existing  # our own unsent writes are the newest view
+                    return existing.handle.attr, reply, existing, mark  # our unsent writes are the newest view
                 if (existing.handle.attr.mtime_ns, existing.handle.attr.size) != (attr.mtime_ns, attr.size):
                     existing.refresh(attr)  # changed elsewhere
                     self._invalidate_kernel(path)
-                return attr, reply, existing
+                return attr, reply, existing, mark
         raise FuseOSError(errno.EAGAIN)  # our commits kept overtaking the answers: let the caller try again
 
     @fuse_op

@@ -2,14 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from tests.fuse.conftest import mnt, mounted_cluster, needs_fuse
+from tests.fuse.conftest import mnt, mounted_cluster
 
 __all__ = ["mnt", "mounted_cluster"]
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/conformance/" in str(item.fspath):
-            item.add_marker(needs_fuse)

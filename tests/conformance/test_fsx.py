@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.conformance.suites import suite
+from tests.fuse.conftest import needs_fuse
 
 XFSTESTS = suite("xfstests")
-pytestmark = pytest.mark.skipif(not XFSTESTS.ready(), reason=f"xfstests is not prepared in {XFSTESTS.folder} "
-                                "(python -m tests.conformance.suites prepare xfstests SOURCE)")
+pytestmark = [needs_fuse, pytest.mark.skipif(not XFSTESTS.ready(), reason=f"xfstests is not prepared in "
+                                             f"{XFSTESTS.folder} (python -m tests.conformance.suites prepare "
+                                             "xfstests SOURCE)")]
 
 #: operations of the run with mapped reads and writes (the one that found the size going back);
 #: the run without them does half as many. ~3-5 ms an operation here: 100,000 take ~6 minutes.
