@@ -178,7 +178,9 @@ class Delegations:
         return True
 
     def end_session(self, session: str) -> None:
-        """`session` is gone: its folders are nobody's (changes it never sent are lost, as a crash loses them)."""
+        """`session` is gone: its folders are nobody's. A client still alive sends its pending changes
+        again (dfs/client/dirops.py), checked as the calls they stand for; a dead one's are gone
+        with it, as a crashed disk's unsynced metadata is."""
         for folder in list(self._held.pop(session, ())):
             self._drop(folder)
         self._recalled.pop(session, None)

@@ -10,6 +10,11 @@ this client sends them first (`before_call`), so the master sees this client's c
 it made them. A recall (heard on a `recalls` call a thread keeps open) sends the folder's pending
 changes with the folder's release; from then on, calls in it go to the master again.
 
+A batch the master did not take (it could not be reached, or refused the call whole) goes back to
+the head of `_pending`, in order, and is sent again until the master takes it: those changes were
+acknowledged. Meanwhile the calls that wait for it fail as calls to an unreachable master do, and
+past twice MAX_PENDING new changes go to the master too (and so fail), so memory stays bounded.
+
 What the master refuses of a batch (it checks each change as it would the call) is logged, naming
 the path, and `on_refused` lets the mount forget what it told the kernel; while the delegation
 holds that only happens to a change the master would have refused anyway (a user without the
@@ -57,6 +62,12 @@ BATCH_BYTES = 2 * 1024 * 1024
 #: master sets the pace, and the memory they hold stays bounded.
 MAX_PENDING = 4 * BATCH_MAX
 MAX_PENDING_BYTES = 4 * BATCH_BYTES
+#: Seconds between tries of a batch the master did not take (each try waits --master-timeout itself).
+RESEND_PAUSE = 1.0
+#: Seconds between two log lines about changes that still wait for the master.
+WAIT_LOG_EVERY = 30.0
+#: Seconds an unmount keeps trying to send what is pending before it gives up on a master that is away.
+CLOSE_PATIENCE = 120.0
 
 
 @dataclass(slots=True)
@@ -89,6 +100,11 @@ class _Change:
     body: dict[str, Any]
     path: str  # for the log, and `on_refused`
     attr: Attr | None  # what this client answered for a new inode
+
+    @property
+    def weight(self) -> int:
+        """Bytes of resident data the change carries (what bounds a batch and the queue)."""
+        return sum(len(piece["data_b64"]) for piece in self.body.get("resident", ()))
 
 
 class DirOps:
@@ -131,10 +147,20 @@ class DirOps:
             self._release.extend(self._folders)
             self._folders.clear()
             self._wake.notify_all()
-        try:
-            self.flush()
-        except DfsError as err:
-            log.error("could not send the last changes in delegated folders: %s", err.message)
+        deadline = time.monotonic() + CLOSE_PATIENCE
+        while True:
+            try:
+                self.flush()
+                return
+            except DfsError as err:
+                if time.monotonic() >= deadline:
+                    break
+                log.warning("unmounting: %d changes in delegated folders wait for the master: %s",
+                            len(self._pending), err.message)
+                time.sleep(RESEND_PAUSE)
+        for change in self._pending:  # the mount ends here, as a crash would end it
+            log.error("%s of %s never reached the master (away for the %.0f s the unmount waited)",
+                      change.body["op"], change.path, CLOSE_PATIENCE)
 
     @property
     def listening(self) -> bool:
@@ -177,7 +203,7 @@ class DirOps:
         delegated, a name that exists, no inode number at hand): then ask the master."""
         with self._lock:
             folder = self._folders.get(parent)
-            if folder is None or name in folder.names or not self._numbers or self._closed:
+            if folder is None or name in folder.names or not self._numbers or self._closed or self._backlogged:
                 return None
             inode = self._numbers.popleft()
             now = time.time_ns()
@@ -214,7 +240,7 @@ class DirOps:
         with self._lock:
             folder = self._folders.get(parent)
             found = folder.names.get(name) if folder is not None else None
-            if folder is None or found is None or found[1] or self._closed:
+            if folder is None or found is None or found[1] or self._closed or self._backlogged:
                 return None
             now = time.time_ns()
             del folder.names[name]
@@ -230,7 +256,7 @@ class DirOps:
         Nobody else can know the file yet, so nobody else can have written it."""
         with self._lock:
             parent = self._fresh.pop(attr.inode, None)
-            if parent is None or parent not in self._folders or self._closed or \
+            if parent is None or parent not in self._folders or self._closed or self._backlogged or \
                     attr.mode & (stat.S_ISUID | stat.S_ISGID):  # a writer may lose those: the master decides
                 return None
             now = time.time_ns()
@@ -239,8 +265,9 @@ class DirOps:
                           atime_ns=deferred.get("atime_ns", attr.atime_ns), ctime_ns=now)
             body = {"op": "commit", "inode": attr.inode, "size": size, "time_ns": now, "resident": pieces,
                     **deferred}
-            self._pending_bytes += sum(len(piece["data_b64"]) for piece in pieces)
-            self._queue(_Change(body, f"inode {attr.inode}", new))
+            change = _Change(body, f"inode {attr.inode}", new)
+            self._pending_bytes += change.weight
+            self._queue(change)
         self._throttle()
         return new
 
@@ -313,9 +340,20 @@ class DirOps:
                 or self._pending_bytes >= BATCH_BYTES:
             self._wake.notify_all()
 
+    @property
+    def _backlogged(self) -> bool:
+        """So much waits (the master has been away) that new changes must go to the master themselves."""
+        return len(self._pending) >= 2 * MAX_PENDING or self._pending_bytes >= 2 * MAX_PENDING_BYTES
+
     def _throttle(self) -> None:
+        """Past MAX_PENDING the thread that made a change sends them itself: the master sets the pace.
+        The change is made already: a master that does not take them leaves them queued."""
         if len(self._pending) >= MAX_PENDING or self._pending_bytes >= MAX_PENDING_BYTES:
-            self.flush()
+            try:
+                self.flush()
+            except DfsError as err:
+                log.warning("%d changes in delegated folders wait for the master: %s", len(self._pending),
+                            err.message)
 
     def flush(self) -> None:
         """Send every pending change (and folder given back) now, in order."""
@@ -337,7 +375,7 @@ class DirOps:
         """The next batch of pending changes: at most BATCH_MAX of them and BATCH_BYTES of data."""
         count, size = 0, 0
         for change in self._pending[:BATCH_MAX]:
-            weight = sum(len(piece["data_b64"]) for piece in change.body.get("resident", ()))
+            weight = change.weight
             if count and size + weight > BATCH_BYTES:
                 break
             count, size = count + 1, size + weight
@@ -346,15 +384,16 @@ class DirOps:
         return taken
 
     def _send(self, changes: list[_Change], release: list[int]) -> None:
-        """One `batch` call (with this client's key; each change names who made it)."""
+        """One `batch` call (with this client's key; each change names who made it). One the master
+        did not take goes back to the head of the queue, and its error is raised."""
         try:
             answers = self._call([c.body for c in changes], release)
-        except DfsError as err:
-            for change in changes:
-                log.error("%s of %s was not sent to the master, and is lost: %s", change.body["op"], change.path,
-                          err.message)
-                self.on_refused(change.path, err)
-            return
+        except DfsError:
+            with self._lock:
+                self._pending[:0] = changes
+                self._pending_bytes += sum(change.weight for change in changes)
+                self._release[:0] = release
+            raise
         for change, answer in zip(changes, answers, strict=False):
             self._answered(change, answer)
 
@@ -392,6 +431,8 @@ class DirOps:
     # ---- threads --------------------------------------------------------------------------
 
     def _flusher(self) -> None:
+        waiting_since: float | None = None  # since when a batch waits for the master
+        told = 0.0
         while True:
             with self._lock:
                 while not (self._pending or self._release or len(self._numbers) < LOW_WATER or self._closed):
@@ -404,8 +445,21 @@ class DirOps:
             time.sleep(FLUSH_AFTER)
             try:
                 self.flush()
+                if waiting_since is not None:
+                    log.info("changes in delegated folders reached the master after %.0f s",
+                             time.monotonic() - waiting_since)
+                    waiting_since = None
+            except DfsError as err:  # kept at the head of the queue
+                now = time.monotonic()
+                if waiting_since is None or now - told >= WAIT_LOG_EVERY:
+                    log.warning("%d changes in delegated folders wait for the master, sent again every %.0f s: %s",
+                                len(self._pending), RESEND_PAUSE, err.message)
+                    told = now
+                waiting_since = waiting_since or now
+                time.sleep(RESEND_PAUSE)
             except Exception:  # the thread must go on
                 log.exception("sending changes in delegated folders failed")
+                time.sleep(RESEND_PAUSE)
             if low and len(self._numbers) < LOW_WATER:
                 time.sleep(1.0)  # the master reserves none (another database): do not ask in a loop
 
@@ -430,20 +484,17 @@ class DirOps:
                     self.on_recalled(inode)
                 try:
                     self.flush()
-                except Exception:
-                    log.exception("giving back delegated folders failed")
+                except DfsError as err:  # kept: the flusher sends them again
+                    log.warning("recalled folders not given back yet: %s", err.message)
 
     def _lost_all(self, err: DfsError) -> None:
-        """The `recalls` call failed: the master may have ended our delegations. Send what is pending,
-        and create through the master until a new folder is delegated."""
+        """The `recalls` call failed: the master may have ended our delegations. Give every folder
+        back, and create through the master until a new folder is delegated."""
         self._listening.clear()
         with self._lock:
-            if self._folders:
+            held = list(self._folders)
+            if held:
                 log.warning("lost contact with the master's recalls (%s): %d delegated folders given back",
-                            err.message, len(self._folders))
-            for inode in list(self._folders):
-                self._give_back(inode)
-        try:
-            self.flush()
-        except DfsError as flush_err:
-            log.error("could not send changes in delegated folders: %s", flush_err.message)
+                            err.message, len(held))
+            for inode in held:
+                self._give_back(inode)  # the flusher sends the releases and what is pending, and keeps trying

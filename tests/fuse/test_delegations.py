@@ -211,3 +211,33 @@ def test_small_files_read_cold_from_a_delegated_folder(metered: tuple[Mount, str
     assert _calls(before, after, "getattr") < len(contents) // 2  # the bytes came with the listings
     (first.mountpoint / folder.name / "s7").write_bytes(b"changed elsewhere")
     assert (folder / "s7").read_bytes() == b"changed elsewhere"
+
+
+def test_changes_made_while_the_master_is_down_reach_it_when_it_is_back(fresh_cluster: Cluster,
+                                                                         tmp_path: Path) -> None:
+    """What the mount acknowledged in a delegated folder is kept and sent again until the master
+    takes it, however long past --master-timeout the master is away (it was dropped as "lost").
+    The master goes away between the closes and the batch that carries them."""
+    fresh_cluster.start(chunkservers=1, gateway=False)
+    mount = Mount(fresh_cluster.master_url, tmp_path / "mnt", tmp_path / "mount.log",
+                  args=["--master-timeout", "1", "--attr-timeout", "60", "--entry-timeout", "60"])
+    try:
+        mount.start()
+        folder = _made_by(mount, "away")
+        for i in range(5):  # decided here, answered at once, and sent within ~10 ms
+            (folder / f"f{i}").write_bytes(b"kept %d" % i)
+        assert fresh_cluster.master is not None
+        fresh_cluster.master.kill()  # before the batch went out
+        time.sleep(4)  # several failed tries of it
+        fresh_cluster.start_master()
+        deadline = time.monotonic() + 30
+        with SyncClient(fresh_cluster.master_url) as fs:
+            while not fs.exists(f"/{folder.name}/f4"):
+                assert time.monotonic() < deadline, "the changes never reached the master"
+                time.sleep(0.2)
+            for i in range(5):
+                assert fs.stat(f"/{folder.name}/f{i}").size == len(b"kept %d" % i)
+        assert "is lost" not in mount.log()
+    finally:
+        mount.stop()
+    assert not mount.running
