@@ -4,6 +4,7 @@ Their code is never part of this repository. `prepare` clones a suite's pinned c
 (a URL or a local clone) into DFS_SUITES (default /var/cache/dfs-suites) and builds it there:
 
     python -m tests.conformance.suites prepare xfstests https://github.com/kdave/xfstests
+    python -m tests.conformance.suites prepare pjdfstest https://github.com/pjd/pjdfstest
     python -m tests.conformance.suites where xfstests
 
 The tests in this folder skip, saying so, when a suite has not been prepared on the machine.
@@ -42,6 +43,10 @@ SUITES = {suite.name: suite for suite in (
            "make", "libacl1-dev", "libaio-dev", "xfsprogs", "libgdbm-dev", "gawk", "fio", "dbench", "uuid-runtime",
            "python3", "sqlite3", "libcap-dev", "liburing-dev"),
           built="ltp/fsx"),
+    Suite("pjdfstest", "https://github.com/pjd/pjdfstest", "85a8aea9e685999ef0540392fd80535f873d7ff7",
+          ("autoreconf -ifs", "./configure", "make pjdfstest"),
+          ("autoconf", "automake", "gcc", "make", "libtool", "perl"),
+          built="pjdfstest"),
 )}
 
 
